@@ -81,6 +81,11 @@ impl TensorSpec {
         self.shape
     }
 
+    /// Its values.
+    pub fn data(&self) -> &TensorData {
+        &self.data
+    }
+
     fn storage(&self) -> StorageKind {
         match self.data {
             TensorData::F32(_) => StorageKind::F32,
