@@ -1211,6 +1211,9 @@ fn check_block_index(t: u32, b: &[u8], gr: u64, gc: u64, section: u32) -> Result
         if z < a {
             return Err(Error::BadBlockIndex { tensor: t, block_row: row as u32, reason: "row_ptr decreases" });
         }
+        if z > nnz {
+            return Err(Error::BadBlockIndex { tensor: t, block_row: row as u32, reason: "row_ptr exceeds the kept-block count" });
+        }
         let mut prev = None;
         for k in a..z {
             let c = r.u32(usize_of(head + 4 * k)) as u64;

@@ -104,7 +104,8 @@ pub fn small() -> Vec<u8> {
     b.to_bytes().unwrap()
 }
 
-/// One task, fc1 [4,6] element-masked, fc2 [3,4] packed under a 2×2 block mask, with a bias.
+/// One task, fc1 [4,6] element-masked, fc2 [3,4] packed under a 1×2 block mask (block grid
+/// 3×2, bits [1 0; 1 1; 0 1]), with a bias.
 /// Sections: 0 STRINGS, 1 GRAPH, 2 TENSORS, 3 MASKS, 4 fc1.weight, 5 fc2.weight, 6 fc2 index,
 /// 7 fc2.bias, 8 mask fc1, 9 mask fc2.
 pub fn small_packed() -> Vec<u8> {
@@ -113,7 +114,7 @@ pub fn small_packed() -> Vec<u8> {
     let fc2 = b.linear("fc2", f32_tensor("fc2.weight", &[3, 4], 2), Some(f32_tensor("fc2.bias", &[3], 3))).unwrap();
     let s = b.mask_set("only").unwrap();
     b.set_mask(s, fc1, MaskSpec::element_bools(&bits(7, 24, 0.5))).unwrap();
-    b.set_mask(s, fc2, MaskSpec::block_bools([2, 2], &[true, false, true, true])).unwrap();
+    b.set_mask(s, fc2, MaskSpec::block_bools([1, 2], &[true, false, true, true, false, true])).unwrap();
     b.pack_blocks(fc2).unwrap();
     b.to_bytes().unwrap()
 }
@@ -140,9 +141,10 @@ pub fn section(b: &[u8], i: usize) -> (usize, usize) {
 /// targets instead of failing a checksum first.
 pub fn fix(b: &mut [u8]) {
     let count = u32_at(b, 24) as usize;
-    for i in 0..count {
+    let len = b.len();
+    for i in (0..count).take_while(|i| 64 + 32 * (i + 1) <= len) {
         let (off, len) = section(b, i);
-        if off + len <= b.len() {
+        if off.checked_add(len).is_some_and(|end| end <= b.len()) {
             let c = crc32c(&b[off..off + len]);
             put(b, 64 + 32 * i + 24, &c.to_le_bytes());
         }
