@@ -11,11 +11,15 @@ use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
 use smk_format::{InitRule, Input, MappedModel, Op, Window2d};
 
 fn values(n: usize, salt: u64) -> Vec<f32> {
-    (0..n as u64).map(|i| ((smk_format::seeded::draw(salt, i) >> 40) as f32 / 8_388_608.0) - 1.0).collect()
+    (0..n as u64)
+        .map(|i| ((smk_format::seeded::draw(salt, i) >> 40) as f32 / 8_388_608.0) - 1.0)
+        .collect()
 }
 
 fn keep(n: usize, salt: u64, density: f64) -> Vec<bool> {
-    (0..n as u64).map(|i| (smk_format::seeded::draw(salt, i) >> 11) as f64 / (1u64 << 53) as f64 <= density).collect()
+    (0..n as u64)
+        .map(|i| (smk_format::seeded::draw(salt, i) >> 11) as f64 / (1u64 << 53) as f64 <= density)
+        .collect()
 }
 
 /// LeNet-300-100 over seeded signed-constant weights with element masks: the edge-popup export.
@@ -25,8 +29,20 @@ fn seeded_mlp(tasks: usize) -> Result<ModelBuilder, smk_format::Error> {
     let mut fan_in = 784u32;
     let mut layers = Vec::new();
     for (i, out) in [300u32, 100, 10].into_iter().enumerate() {
-        let init = SeededInit { rule: InitRule::SignedConstant, seed: 7, stream: i as u32, scale: kaiming_std(fan_in as f64, RELU_GAIN) };
-        layers.push((b.linear(&format!("fc{}", i + 1), TensorSpec::seeded(format!("fc{}.weight", i + 1), &[out, fan_in], init)?, None)?, out * fan_in));
+        let init = SeededInit {
+            rule: InitRule::SignedConstant,
+            seed: 7,
+            stream: i as u32,
+            scale: kaiming_std(fan_in as f64, RELU_GAIN),
+        };
+        layers.push((
+            b.linear(
+                &format!("fc{}", i + 1),
+                TensorSpec::seeded(format!("fc{}.weight", i + 1), &[out, fan_in], init)?,
+                None,
+            )?,
+            out * fan_in,
+        ));
         if out != 10 {
             b.relu(&format!("relu{}", i + 1))?;
         }
@@ -35,7 +51,11 @@ fn seeded_mlp(tasks: usize) -> Result<ModelBuilder, smk_format::Error> {
     for t in 0..tasks {
         let set = b.mask_set(&format!("task-{t}"))?;
         for (k, &(layer, n)) in layers.iter().enumerate() {
-            b.set_mask(set, layer, MaskSpec::element_bools(&keep(n as usize, (t * 10 + k) as u64, 0.5)))?;
+            b.set_mask(
+                set,
+                layer,
+                MaskSpec::element_bools(&keep(n as usize, (t * 10 + k) as u64, 0.5)),
+            )?;
         }
     }
     b.metadata("method", "edge-popup")?;
@@ -46,7 +66,12 @@ fn seeded_mlp(tasks: usize) -> Result<ModelBuilder, smk_format::Error> {
 /// A small conv net with every layer kind; the dense layer is block-masked (tile-major or packed).
 fn conv_net(packed: bool) -> Result<ModelBuilder, smk_format::Error> {
     let mut b = ModelBuilder::new(&[1, 12, 12])?;
-    b.conv2d("conv", TensorSpec::f32("conv.weight", &[4, 1, 3, 3], values(36, 1))?, Some(TensorSpec::f32("conv.bias", &[4], values(4, 2))?), Window2d::conv(3, 1))?;
+    b.conv2d(
+        "conv",
+        TensorSpec::f32("conv.weight", &[4, 1, 3, 3], values(36, 1))?,
+        Some(TensorSpec::f32("conv.bias", &[4], values(4, 2))?),
+        Window2d::conv(3, 1),
+    )?;
     let f16 = |n, s| TensorData::F16(values(n, s).into_iter().map(half::f16::from_f32).collect());
     b.batch_norm(
         "bn",
@@ -58,11 +83,22 @@ fn conv_net(packed: bool) -> Result<ModelBuilder, smk_format::Error> {
     )?;
     b.relu("relu")?;
     b.op("max", Op::MaxPool(Window2d::pool(2)))?;
-    b.op("avg", Op::AvgPool { window: Window2d::pool(2), count_include_pad: true })?;
+    b.op(
+        "avg",
+        Op::AvgPool {
+            window: Window2d::pool(2),
+            count_include_pad: true,
+        },
+    )?;
     b.flatten("flat")?;
     let bf16 = TensorData::Bf16(values(20 * 36, 5).into_iter().map(half::bf16::from_f32).collect());
     let fc = b.linear("fc", TensorSpec::new("fc.weight", &[20, 36], bf16)?, None)?;
-    b.layer_norm("ln", None, Some(TensorSpec::f32("ln.bias", &[20], values(20, 6))?), 1e-5)?;
+    b.layer_norm(
+        "ln",
+        None,
+        Some(TensorSpec::f32("ln.bias", &[20], values(20, 6))?),
+        1e-5,
+    )?;
     let a = b.relu("relu2")?;
     b.add("twice", Input::Layer(a), Input::Layer(a))?;
     b.op("softmax", Op::Softmax)?;

@@ -39,10 +39,7 @@ impl<'a> Rec<'a> {
     }
     /// The sub-record `[off, off + len)`, empty if out of range.
     pub fn sub(&self, off: usize, len: usize) -> Rec<'a> {
-        let b = off
-            .checked_add(len)
-            .and_then(|end| self.b.get(off..end))
-            .unwrap_or(&[]);
+        let b = off.checked_add(len).and_then(|end| self.b.get(off..end)).unwrap_or(&[]);
         Rec { b, at: self.pos(off) }
     }
     /// The first nonzero byte in `[from, to)`, as an absolute offset.

@@ -302,6 +302,11 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A MASKS section with no mask set (the section must then be absent).
+    EmptyMasks {
+        /// Section index.
+        section: u32,
+    },
     /// A mask kind code this version does not define.
     UnknownMaskKind {
         /// Masked-tensor entry.
@@ -420,6 +425,7 @@ impl core::fmt::Display for Error {
             LayoutMismatch { tensor, reason } => write!(f, "tensor {tensor}: {reason}"),
             PayloadReference { offset, found, expected } => write!(f, "record at byte {offset} names section {found}, expected section {expected} (payload sections follow their records in order)"),
             BadBlockIndex { tensor, block_row, reason } => write!(f, "tensor {tensor}: block index broken at block row {block_row}: {reason}"),
+            EmptyMasks { section } => write!(f, "section {section} (MASKS) holds no mask set: omit the section instead"),
             UnknownMaskKind { entry, code } => write!(f, "masked tensor entry {entry} has unknown mask kind {code}"),
             BadMaskedTensor { entry, reason } => write!(f, "masked tensor entry {entry}: {reason}"),
             MaskOnesTooLarge { set, entry, ones } => write!(f, "mask set {set}, entry {entry}: {ones} ones stored, more than the mask has bits"),

@@ -60,7 +60,10 @@ pub struct MappedModel {
 
 impl core::fmt::Debug for MappedModel {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("MappedModel").field("path", &self.path).field("len", &self.bytes().len()).finish()
+        f.debug_struct("MappedModel")
+            .field("path", &self.path)
+            .field("len", &self.bytes().len())
+            .finish()
     }
 }
 
@@ -68,7 +71,10 @@ impl MappedModel {
     /// Maps `path` and validates its structure; with `verify`, also every checksum and mask.
     pub fn open(path: impl AsRef<Path>, verify: bool) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| OpenError::Io { path: path.clone(), source };
+        let io = |source| OpenError::Io {
+            path: path.clone(),
+            source,
+        };
         let file = File::open(&path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let bytes = if len < crate::spec::HEADER_LEN as u64 {
@@ -81,9 +87,15 @@ impl MappedModel {
             Bytes::Map(unsafe { Mmap::map(&file) }.map_err(io)?)
         };
         let mapped = Self { bytes, path };
-        let model = mapped.model().map_err(|source| OpenError::Format { path: mapped.path.clone(), source })?;
+        let model = mapped.model().map_err(|source| OpenError::Format {
+            path: mapped.path.clone(),
+            source,
+        })?;
         if verify {
-            model.verify().map_err(|source| OpenError::Format { path: mapped.path.clone(), source })?;
+            model.verify().map_err(|source| OpenError::Format {
+                path: mapped.path.clone(),
+                source,
+            })?;
         }
         Ok(mapped)
     }

@@ -12,6 +12,27 @@
 //! - [`seeded`] is the one definition of seeded weights, shared by trainer and runtime.
 //! - With `alloc`, [`writer::ModelBuilder`] builds files; with `std`, [`MappedModel`] maps a file
 //!   and [`writer::write_atomic`] replaces one atomically.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use smk_format::writer::{MaskSpec, ModelBuilder, TensorSpec};
+//! use smk_format::{InitRule, MappedModel, SeededInit};
+//!
+//! let mut b = ModelBuilder::new(&[784])?;
+//! let init = SeededInit { rule: InitRule::SignedConstant, seed: 7, stream: 0, scale: 0.05 };
+//! let fc = b.linear("fc", TensorSpec::seeded("fc.weight", &[10, 784], init)?, None)?;
+//! let task = b.mask_set("digits")?;
+//! b.set_mask(task, fc, MaskSpec::element_bools(&vec![true; 7840]))?;
+//! let path = std::env::temp_dir().join(format!("smk-doc-{}.smk", std::process::id()));
+//! b.write(&path)?; // temporary file, then rename
+//!
+//! let file = MappedModel::open(&path, /* verify checksums */ true)?;
+//! let model = file.model()?; // borrowed views, nothing copied
+//! assert_eq!(model.mask(0, 0).unwrap().ones, 7840);
+//! # std::fs::remove_file(&path)?;
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 

@@ -333,14 +333,18 @@ struct MaskTable<'a> {
 
 impl<'a> MaskTable<'a> {
     fn entry(&self, e: u32) -> Rec<'a> {
-        self.rec.sub(record::MASKS_HEADER + record::MASKED_TENSOR * e as usize, record::MASKED_TENSOR)
+        self.rec.sub(
+            record::MASKS_HEADER + record::MASKED_TENSOR * e as usize,
+            record::MASKED_TENSOR,
+        )
     }
     fn set(&self, s: u32) -> Rec<'a> {
         let base = record::MASKS_HEADER + record::MASKED_TENSOR * self.masked as usize;
         self.rec.sub(base + record::MASK_SET * s as usize, record::MASK_SET)
     }
     fn mask(&self, s: u32, e: u32) -> Rec<'a> {
-        let base = record::MASKS_HEADER + record::MASKED_TENSOR * self.masked as usize + record::MASK_SET * self.sets as usize;
+        let base =
+            record::MASKS_HEADER + record::MASKED_TENSOR * self.masked as usize + record::MASK_SET * self.sets as usize;
         let i = s as usize * self.masked as usize + e as usize;
         self.rec.sub(base + record::MASK * i, record::MASK)
     }
@@ -447,7 +451,10 @@ impl<'a> Parser<'a> {
     fn name(&self, r: &Rec<'_>, off: usize) -> Result<&'a str, Error> {
         let len = r.u32(off + 4);
         if len == 0 || len > caps::NAME_BYTES {
-            return Err(Error::BadName { offset: r.pos(off), len });
+            return Err(Error::BadName {
+                offset: r.pos(off),
+                len,
+            });
         }
         self.string(r, off)
     }
@@ -457,7 +464,12 @@ impl<'a> Parser<'a> {
         let b = &self.bytes[usize_of(s.offset)..usize_of(s.offset + s.length)];
         let computed = crc32c(b);
         if computed != s.checksum {
-            return Err(Error::SectionChecksum { section: i, kind, stored: s.checksum, computed });
+            return Err(Error::SectionChecksum {
+                section: i,
+                kind,
+                stored: s.checksum,
+                computed,
+            });
         }
         Ok(Rec::new(b, s.offset))
     }
@@ -470,11 +482,19 @@ impl<'a> Parser<'a> {
         }
         let found = r.u32(field);
         if found != expected {
-            return Err(Error::PayloadReference { offset: r.pos(field), found, expected });
+            return Err(Error::PayloadReference {
+                offset: r.pos(field),
+                found,
+                expected,
+            });
         }
         let s = read_section(self.bytes, expected);
         if s.kind != kind {
-            return Err(Error::SectionOrder { section: expected, found: s.kind, expected: kind.name() });
+            return Err(Error::SectionOrder {
+                section: expected,
+                found: s.kind,
+                expected: kind.name(),
+            });
         }
         self.next_payload += 1;
         Ok(s)
@@ -482,7 +502,12 @@ impl<'a> Parser<'a> {
 
     fn expect_len(s: &Section, expected: u64) -> Result<(), Error> {
         if s.length != expected {
-            return Err(Error::SectionLength { section: s.index, kind: s.kind, length: s.length, expected });
+            return Err(Error::SectionLength {
+                section: s.index,
+                kind: s.kind,
+                length: s.length,
+                expected,
+            });
         }
         Ok(())
     }
@@ -490,7 +515,12 @@ impl<'a> Parser<'a> {
     fn counted(r: &Rec<'_>, what: &'static str, cap: u32) -> Result<u32, Error> {
         let count = r.u32(0);
         if count > cap {
-            return Err(Error::CountTooLarge { what, count: count as u64, cap: cap as u64, offset: r.pos(0) });
+            return Err(Error::CountTooLarge {
+                what,
+                count: count as u64,
+                cap: cap as u64,
+                offset: r.pos(0),
+            });
         }
         Ok(count)
     }
@@ -498,7 +528,12 @@ impl<'a> Parser<'a> {
     fn records(s: u32, kind: SectionKind, r: &Rec<'_>, header: usize, size: usize, n: u64) -> Result<(), Error> {
         let expected = header as u64 + size as u64 * n;
         if r.b.len() as u64 != expected {
-            return Err(Error::SectionLength { section: s, kind, length: r.b.len() as u64, expected });
+            return Err(Error::SectionLength {
+                section: s,
+                kind,
+                length: r.b.len() as u64,
+                expected,
+            });
         }
         Ok(())
     }
@@ -534,7 +569,10 @@ impl<'a> Model<'a> {
         }
         let stored_len = h.u64(32);
         if stored_len != len {
-            return Err(Error::FileLength { stored: stored_len, actual: len });
+            return Err(Error::FileLength {
+                stored: stored_len,
+                actual: len,
+            });
         }
         let flags = h.u32(16);
         if flags != 0 {
@@ -551,7 +589,10 @@ impl<'a> Model<'a> {
         let header_len = h.u32(28);
         let expected_header = HEADER_LEN as u64 + SECTION_ENTRY_LEN as u64 * count as u64;
         if header_len as u64 != expected_header || expected_header > len {
-            return Err(Error::HeaderLength { stored: header_len, expected: expected_header });
+            return Err(Error::HeaderLength {
+                stored: header_len,
+                expected: expected_header,
+            });
         }
         check_zero(&h, HEADER_CRC_OFFSET + 4, HEADER_LEN)?;
         let stored_crc = h.u32(HEADER_CRC_OFFSET);
@@ -561,7 +602,10 @@ impl<'a> Model<'a> {
         crc.update(&bytes[HEADER_CRC_OFFSET + 4..header_len as usize]);
         let computed = crc.finish();
         if computed != stored_crc {
-            return Err(Error::HeaderChecksum { stored: stored_crc, computed });
+            return Err(Error::HeaderChecksum {
+                stored: stored_crc,
+                computed,
+            });
         }
 
         // The section table: each section at the aligned end of the previous one, zero padding
@@ -579,12 +623,20 @@ impl<'a> Model<'a> {
             let (offset, length) = (e.u64(8), e.u64(16));
             let expected = align_up(end, align).unwrap_or(u64::MAX);
             if offset != expected {
-                return Err(Error::SectionMisplaced { section: i, offset, expected });
+                return Err(Error::SectionMisplaced {
+                    section: i,
+                    offset,
+                    expected,
+                });
             }
             let section_end = offset
                 .checked_add(length)
                 .filter(|&x| x <= len)
-                .ok_or(Error::SectionOutOfBounds { section: i, offset, length })?;
+                .ok_or(Error::SectionOutOfBounds {
+                    section: i,
+                    offset,
+                    length,
+                })?;
             if let Some(offset) = h.first_nonzero(usize_of(end), usize_of(offset)) {
                 return Err(Error::PaddingNotZero { offset });
             }
@@ -596,24 +648,39 @@ impl<'a> Model<'a> {
 
         // Structure sections in canonical order.
         let kind_at = |i: u32| read_section(bytes, i).kind;
-        for (i, kind) in [SectionKind::Strings, SectionKind::Graph, SectionKind::Tensors].into_iter().enumerate() {
+        for (i, kind) in [SectionKind::Strings, SectionKind::Graph, SectionKind::Tensors]
+            .into_iter()
+            .enumerate()
+        {
             let i = i as u32;
             if i >= count {
                 return Err(Error::MissingSection { kind });
             }
             if kind_at(i) != kind {
-                return Err(Error::SectionOrder { section: i, found: kind_at(i), expected: kind.name() });
+                return Err(Error::SectionOrder {
+                    section: i,
+                    found: kind_at(i),
+                    expected: kind.name(),
+                });
             }
         }
         let mut optional = [None; 3];
         let mut next = 3;
-        for (slot, kind) in [SectionKind::Masks, SectionKind::Metadata, SectionKind::History].into_iter().enumerate() {
+        for (slot, kind) in [SectionKind::Masks, SectionKind::Metadata, SectionKind::History]
+            .into_iter()
+            .enumerate()
+        {
             if next < count && kind_at(next) == kind {
                 optional[slot] = Some(next);
                 next += 1;
             }
         }
-        let mut p = Parser { bytes, count, strings: &[], next_payload: next };
+        let mut p = Parser {
+            bytes,
+            count,
+            strings: &[],
+            next_payload: next,
+        };
         let strings = p.structure(0, SectionKind::Strings)?;
         p.strings = strings.b;
 
@@ -630,7 +697,14 @@ impl<'a> Model<'a> {
         let layer_count = Parser::counted(&graph, "layer", caps::LAYERS)?;
         let input = read_shape(&graph, graph.u32(4), 8)?;
         check_zero(&graph, 24, 32)?;
-        Parser::records(1, SectionKind::Graph, &graph, record::GRAPH_HEADER, record::LAYER, layer_count as u64)?;
+        Parser::records(
+            1,
+            SectionKind::Graph,
+            &graph,
+            record::GRAPH_HEADER,
+            record::LAYER,
+            layer_count as u64,
+        )?;
 
         // TENSORS header.
         let tensors = p.structure(2, SectionKind::Tensors)?;
@@ -644,10 +718,21 @@ impl<'a> Model<'a> {
         }
         let tensor_count = Parser::counted(&tensors, "tensor", caps::TENSORS)?;
         check_zero(&tensors, 4, 16)?;
-        Parser::records(2, SectionKind::Tensors, &tensors, record::TENSORS_HEADER, record::TENSOR, tensor_count as u64)?;
+        Parser::records(
+            2,
+            SectionKind::Tensors,
+            &tensors,
+            record::TENSORS_HEADER,
+            record::TENSOR,
+            tensor_count as u64,
+        )?;
 
         // MASKS header and masked-tensor entries (mask records come after the tensors' payload).
-        let mut masks = MaskTable { sets: 0, masked: 0, rec: Rec::new(&[], 0) };
+        let mut masks = MaskTable {
+            sets: 0,
+            masked: 0,
+            rec: Rec::new(&[], 0),
+        };
         if let Some(i) = optional[0] {
             let r = p.structure(i, SectionKind::Masks)?;
             if r.b.len() < record::MASKS_HEADER {
@@ -661,12 +746,20 @@ impl<'a> Model<'a> {
             let sets = Parser::counted(&r, "mask set", caps::MASK_SETS)?;
             let masked = Parser::counted(&r.sub(4, 4), "masked tensor", caps::MASKED_TENSORS)?;
             check_zero(&r, 8, 16)?;
+            if sets == 0 {
+                return Err(Error::EmptyMasks { section: i });
+            }
             let expected = record::MASKS_HEADER as u64
                 + record::MASKED_TENSOR as u64 * masked as u64
                 + record::MASK_SET as u64 * sets as u64
                 + record::MASK as u64 * sets as u64 * masked as u64;
             if r.b.len() as u64 != expected {
-                return Err(Error::SectionLength { section: i, kind: SectionKind::Masks, length: r.b.len() as u64, expected });
+                return Err(Error::SectionLength {
+                    section: i,
+                    kind: SectionKind::Masks,
+                    length: r.b.len() as u64,
+                    expected,
+                });
             }
             masks = MaskTable { sets, masked, rec: r };
             let mut prev = None;
@@ -674,10 +767,16 @@ impl<'a> Model<'a> {
                 let er = masks.entry(e);
                 let t = er.u32(0);
                 if t >= tensor_count {
-                    return Err(Error::BadMaskedTensor { entry: e, reason: "tensor index out of range" });
+                    return Err(Error::BadMaskedTensor {
+                        entry: e,
+                        reason: "tensor index out of range",
+                    });
                 }
                 if prev.is_some_and(|p| t <= p) {
-                    return Err(Error::BadMaskedTensor { entry: e, reason: "entries must be sorted by tensor, without repeats" });
+                    return Err(Error::BadMaskedTensor {
+                        entry: e,
+                        reason: "entries must be sorted by tensor, without repeats",
+                    });
                 }
                 prev = Some(t);
                 let code = er.u8(4);
@@ -744,22 +843,40 @@ impl<'a> Model<'a> {
             for (slot, t) in op.tensor_slots().into_iter().enumerate() {
                 let Some(t) = t else { continue };
                 if t != next_tensor {
-                    return Err(Error::TensorReference { layer: l, slot: slot as u32, found: t, expected: next_tensor });
+                    return Err(Error::TensorReference {
+                        layer: l,
+                        slot: slot as u32,
+                        found: t,
+                        expected: next_tensor,
+                    });
                 }
                 if t >= tensor_count {
-                    return Err(Error::TensorReference { layer: l, slot: slot as u32, found: t, expected: tensor_count });
+                    return Err(Error::TensorReference {
+                        layer: l,
+                        slot: slot as u32,
+                        found: t,
+                        expected: tensor_count,
+                    });
                 }
                 let maskable = slot == 0 && matches!(op, Op::Linear { .. } | Op::Conv2d { .. });
                 slot_shapes[slot] = Some(model.check_tensor(&mut p, t, maskable)?);
                 next_tensor += 1;
             }
-            let expected = infer_shape(&op, in_shape, second, slot_shapes).map_err(|reason| Error::LayerShape { layer: l, reason })?;
+            let expected = infer_shape(&op, in_shape, second, slot_shapes)
+                .map_err(|reason| Error::LayerShape { layer: l, reason })?;
             if expected != out {
-                return Err(Error::OutputShape { layer: l, stored: out, expected });
+                return Err(Error::OutputShape {
+                    layer: l,
+                    stored: out,
+                    expected,
+                });
             }
         }
         if next_tensor != tensor_count {
-            return Err(Error::UnusedTensors { used: next_tensor, count: tensor_count });
+            return Err(Error::UnusedTensors {
+                used: next_tensor,
+                count: tensor_count,
+            });
         }
 
         // Mask sets and their payload.
@@ -787,7 +904,14 @@ impl<'a> Model<'a> {
             let r = p.structure(i, SectionKind::Metadata)?;
             let n = Parser::counted(&r, "metadata entry", caps::METADATA)?;
             check_zero(&r, 4, 16)?;
-            Parser::records(i, SectionKind::Metadata, &r, record::LIST_HEADER, record::METADATA, n as u64)?;
+            Parser::records(
+                i,
+                SectionKind::Metadata,
+                &r,
+                record::LIST_HEADER,
+                record::METADATA,
+                n as u64,
+            )?;
             let mut prev: Option<&str> = None;
             for e in 0..n {
                 let er = r.sub(record::LIST_HEADER + record::METADATA * e as usize, record::METADATA);
@@ -806,7 +930,14 @@ impl<'a> Model<'a> {
             let r = p.structure(i, SectionKind::History)?;
             let n = Parser::counted(&r, "history entry", caps::HISTORY)?;
             check_zero(&r, 4, 16)?;
-            Parser::records(i, SectionKind::History, &r, record::LIST_HEADER, record::HISTORY, n as u64)?;
+            Parser::records(
+                i,
+                SectionKind::History,
+                &r,
+                record::LIST_HEADER,
+                record::HISTORY,
+                n as u64,
+            )?;
             for e in 0..n {
                 let er = r.sub(record::LIST_HEADER + record::HISTORY * e as usize, record::HISTORY);
                 check_zero(&er, 4, 8)?;
@@ -819,7 +950,11 @@ impl<'a> Model<'a> {
 
         if p.next_payload != count {
             let i = p.next_payload;
-            return Err(Error::SectionOrder { section: i, found: kind_at(i), expected: "the end of the section table" });
+            return Err(Error::SectionOrder {
+                section: i,
+                found: kind_at(i),
+                expected: "the end of the section table",
+            });
         }
         Ok(model)
     }
@@ -846,14 +981,24 @@ impl<'a> Model<'a> {
         let block = [r.u16(12), r.u16(14)];
         let entry = self.masks.find(t);
         if let (Some(entry), false) = (entry, maskable) {
-            return Err(Error::BadMaskedTensor { entry, reason: "only linear and conv2d weights can carry masks" });
+            return Err(Error::BadMaskedTensor {
+                entry,
+                reason: "only linear and conv2d weights can carry masks",
+            });
         }
         let mask = entry.map(|e| self.masks.shape_of(e));
-        let field = |field: &'static str, value: u64| Error::BadTensorField { tensor: t, field, value };
+        let field = |field: &'static str, value: u64| Error::BadTensorField {
+            tensor: t,
+            field,
+            value,
+        };
 
         if storage == StorageKind::Seeded {
             if layout != LayoutKind::RowMajor {
-                return Err(Error::LayoutMismatch { tensor: t, reason: "seeded tensors store nothing and must say row-major" });
+                return Err(Error::LayoutMismatch {
+                    tensor: t,
+                    reason: "seeded tensors store nothing and must say row-major",
+                });
             }
             if block != [0, 0] {
                 return Err(field("block", (block[0] as u64) << 16 | block[1] as u64));
@@ -870,7 +1015,7 @@ impl<'a> Model<'a> {
             check_zero(&r, 42, 44)?;
             check_zero(&r, 60, 64)?;
             let scale = f32::from_bits(r.u32(56));
-            if !scale.is_finite() || scale < 0.0 {
+            if !(scale.is_finite() && scale.is_sign_positive()) {
                 return Err(field("scale", r.u32(56) as u64));
             }
             return Ok(shape);
@@ -914,7 +1059,10 @@ impl<'a> Model<'a> {
                     gr * gc
                 } else {
                     if self.masks.sets != 1 {
-                        return Err(Error::LayoutMismatch { tensor: t, reason: "packed tensors need exactly one mask set" });
+                        return Err(Error::LayoutMismatch {
+                            tensor: t,
+                            reason: "packed tensors need exactly one mask set",
+                        });
                     }
                     let idx = p.payload(&r, 36, SectionKind::BlockIndex)?;
                     let b = p.structure(idx.index, SectionKind::BlockIndex)?;
@@ -935,7 +1083,12 @@ impl<'a> Model<'a> {
             let b = &self.bytes[usize_of(s.offset)..usize_of(s.offset + s.length)];
             let computed = crc32c(b);
             if computed != s.checksum {
-                return Err(Error::SectionChecksum { section: s.index, kind: s.kind, stored: s.checksum, computed });
+                return Err(Error::SectionChecksum {
+                    section: s.index,
+                    kind: s.kind,
+                    stored: s.checksum,
+                    computed,
+                });
             }
         }
         for s in 0..self.masks.sets {
@@ -957,7 +1110,12 @@ impl<'a> Model<'a> {
                     }
                 }
                 if counted != m.ones {
-                    return Err(Error::MaskOnesMismatch { set: s, entry: e, stored: m.ones, counted });
+                    return Err(Error::MaskOnesMismatch {
+                        set: s,
+                        entry: e,
+                        stored: m.ones,
+                        counted,
+                    });
                 }
             }
         }
@@ -979,7 +1137,10 @@ impl<'a> Model<'a> {
                     for j in 0..bc {
                         let outside = grid_r * br + i >= rows || grid_c * bc + j >= cols;
                         if outside && t.stored(stored * br * bc + i * bc + j).to_bits() != 0 {
-                            return Err(Error::TilePaddingNotZero { tensor: t.index, block: stored });
+                            return Err(Error::TilePaddingNotZero {
+                                tensor: t.index,
+                                block: stored,
+                            });
                         }
                     }
                 }
@@ -1003,7 +1164,10 @@ impl<'a> Model<'a> {
                                 kept.start += 1;
                             }
                             if mask.is_some_and(|m| m.bit(r as u64, c) != in_index) {
-                                return Err(Error::PackedMaskMismatch { tensor: t.index, block_row: r });
+                                return Err(Error::PackedMaskMismatch {
+                                    tensor: t.index,
+                                    block_row: r,
+                                });
                             }
                         }
                     }
@@ -1036,7 +1200,8 @@ impl<'a> Model<'a> {
     }
     /// The output shape (the last layer's), or the input shape for an empty graph.
     pub fn output_shape(&self) -> Shape {
-        self.layer(self.layer_count.wrapping_sub(1)).map_or(self.input, |l| l.output_shape)
+        self.layer(self.layer_count.wrapping_sub(1))
+            .map_or(self.input, |l| l.output_shape)
     }
     /// Number of layers.
     pub fn layer_count(&self) -> u32 {
@@ -1049,7 +1214,12 @@ impl<'a> Model<'a> {
         }
         let r = self.layers.sub(record::LAYER * i as usize, record::LAYER);
         let (op, input, second) = decode_layer(&r, i).ok()?;
-        let p = Parser { bytes: self.bytes, count: 0, strings: self.strings, next_payload: 0 };
+        let p = Parser {
+            bytes: self.bytes,
+            count: 0,
+            strings: self.strings,
+            next_payload: 0,
+        };
         Some(Layer {
             index: i,
             name: p.string(&r, 4).ok()?,
@@ -1073,7 +1243,12 @@ impl<'a> Model<'a> {
             return None;
         }
         let r = self.tensor_rec(t);
-        let p = Parser { bytes: self.bytes, count: 0, strings: self.strings, next_payload: 0 };
+        let p = Parser {
+            bytes: self.bytes,
+            count: 0,
+            strings: self.strings,
+            next_payload: 0,
+        };
         let storage = match StorageKind::from_code(r.u8(8))? {
             StorageKind::F32 => Storage::F32,
             StorageKind::F16 => Storage::F16,
@@ -1098,14 +1273,28 @@ impl<'a> Model<'a> {
                 let b = slice(section(36)?);
                 let rows = self.tensor_shape(t).matrix().0.div_ceil(block[0] as u64) as u32;
                 let split = 4 * (rows as usize + 1);
-                Layout::Packed { block, index: BlockIndex { rows, row_ptr: b.get(..split)?, cols: b.get(split..)? } }
+                Layout::Packed {
+                    block,
+                    index: BlockIndex {
+                        rows,
+                        row_ptr: b.get(..split)?,
+                        cols: b.get(split..)?,
+                    },
+                }
             }
         };
         let data = match storage {
             Storage::Seeded(_) => &[][..],
             _ => slice(section(32)?),
         };
-        Some(Tensor { index: t, name: p.string(&r, 0).ok()?, shape: self.tensor_shape(t), storage, layout, data })
+        Some(Tensor {
+            index: t,
+            name: p.string(&r, 0).ok()?,
+            shape: self.tensor_shape(t),
+            storage,
+            layout,
+            data,
+        })
     }
     /// All tensors in order.
     pub fn tensors(&self) -> impl Iterator<Item = Tensor<'a>> + '_ {
@@ -1120,8 +1309,16 @@ impl<'a> Model<'a> {
         if s >= self.masks.sets {
             return None;
         }
-        let p = Parser { bytes: self.bytes, count: 0, strings: self.strings, next_payload: 0 };
-        Some(MaskSet { index: s, name: p.string(&self.masks.set(s), 0).ok()? })
+        let p = Parser {
+            bytes: self.bytes,
+            count: 0,
+            strings: self.strings,
+            next_payload: 0,
+        };
+        Some(MaskSet {
+            index: s,
+            name: p.string(&self.masks.set(s), 0).ok()?,
+        })
     }
     /// All mask sets in order.
     pub fn mask_sets(&self) -> impl Iterator<Item = MaskSet<'a>> + '_ {
@@ -1165,7 +1362,12 @@ impl<'a> Model<'a> {
     }
     /// Metadata entries, keys ascending.
     pub fn metadata(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
-        let p = Parser { bytes: self.bytes, count: 0, strings: self.strings, next_payload: 0 };
+        let p = Parser {
+            bytes: self.bytes,
+            count: 0,
+            strings: self.strings,
+            next_payload: 0,
+        };
         (0..self.metadata_count).filter_map(move |e| {
             let r = self.metadata.sub(record::METADATA * e as usize, record::METADATA);
             Some((p.string(&r, 0).ok()?, p.string(&r, 8).ok()?))
@@ -1177,7 +1379,12 @@ impl<'a> Model<'a> {
     }
     /// History entries, oldest first.
     pub fn history(&self) -> impl Iterator<Item = HistoryEntry<'a>> + '_ {
-        let p = Parser { bytes: self.bytes, count: 0, strings: self.strings, next_payload: 0 };
+        let p = Parser {
+            bytes: self.bytes,
+            count: 0,
+            strings: self.strings,
+            next_payload: 0,
+        };
         (0..self.history_count).filter_map(move |e| {
             let r = self.history.sub(record::HISTORY * e as usize, record::HISTORY);
             Some(HistoryEntry {
@@ -1196,32 +1403,62 @@ fn check_block_index(t: u32, b: &[u8], gr: u64, gc: u64, section: u32) -> Result
     let head = 4 * (gr + 1);
     let len = b.len() as u64;
     if len < head {
-        return Err(Error::SectionLength { section, kind: SectionKind::BlockIndex, length: len, expected: head });
+        return Err(Error::SectionLength {
+            section,
+            kind: SectionKind::BlockIndex,
+            length: len,
+            expected: head,
+        });
     }
     let nnz = r.u32(usize_of(4 * gr)) as u64;
     let expected = head + 4 * nnz;
     if len != expected {
-        return Err(Error::SectionLength { section, kind: SectionKind::BlockIndex, length: len, expected });
+        return Err(Error::SectionLength {
+            section,
+            kind: SectionKind::BlockIndex,
+            length: len,
+            expected,
+        });
     }
     if r.u32(0) != 0 {
-        return Err(Error::BadBlockIndex { tensor: t, block_row: 0, reason: "row_ptr[0] must be 0" });
+        return Err(Error::BadBlockIndex {
+            tensor: t,
+            block_row: 0,
+            reason: "row_ptr[0] must be 0",
+        });
     }
     for row in 0..gr {
         let (a, z) = (r.u32(usize_of(4 * row)) as u64, r.u32(usize_of(4 * row + 4)) as u64);
         if z < a {
-            return Err(Error::BadBlockIndex { tensor: t, block_row: row as u32, reason: "row_ptr decreases" });
+            return Err(Error::BadBlockIndex {
+                tensor: t,
+                block_row: row as u32,
+                reason: "row_ptr decreases",
+            });
         }
         if z > nnz {
-            return Err(Error::BadBlockIndex { tensor: t, block_row: row as u32, reason: "row_ptr exceeds the kept-block count" });
+            return Err(Error::BadBlockIndex {
+                tensor: t,
+                block_row: row as u32,
+                reason: "row_ptr exceeds the kept-block count",
+            });
         }
         let mut prev = None;
         for k in a..z {
             let c = r.u32(usize_of(head + 4 * k)) as u64;
             if c >= gc {
-                return Err(Error::BadBlockIndex { tensor: t, block_row: row as u32, reason: "block column out of range" });
+                return Err(Error::BadBlockIndex {
+                    tensor: t,
+                    block_row: row as u32,
+                    reason: "block column out of range",
+                });
             }
             if prev.is_some_and(|p| c <= p) {
-                return Err(Error::BadBlockIndex { tensor: t, block_row: row as u32, reason: "block columns not strictly ascending" });
+                return Err(Error::BadBlockIndex {
+                    tensor: t,
+                    block_row: row as u32,
+                    reason: "block columns not strictly ascending",
+                });
             }
             prev = Some(c);
         }
@@ -1231,7 +1468,12 @@ fn check_block_index(t: u32, b: &[u8], gr: u64, gc: u64, section: u32) -> Result
 
 fn window(r: &Rec<'_>) -> Window2d {
     let a = |i: usize| r.u32(56 + 4 * i);
-    Window2d { kernel: [a(0), a(1)], stride: [a(2), a(3)], padding: [a(4), a(5)], dilation: [a(6), a(7)] }
+    Window2d {
+        kernel: [a(0), a(1)],
+        stride: [a(2), a(3)],
+        padding: [a(4), a(5)],
+        dilation: [a(6), a(7)],
+    }
 }
 
 /// Decodes a layer record's kind, flags, slots and attributes into an [`Op`], checking that
@@ -1242,7 +1484,12 @@ fn decode_layer(r: &Rec<'_>, l: u32) -> Result<(Op, u32, Option<u32>), Error> {
     let flags = r.u16(2);
     let slot = |i: usize| r.u32(40 + 4 * i);
     let opt = |i: usize| Some(slot(i)).filter(|&s| s != NONE);
-    let bad = |field: &'static str, value: u64, off: usize| Error::BadLayerField { layer: l, field, value, offset: r.pos(off) };
+    let bad = |field: &'static str, value: u64, off: usize| Error::BadLayerField {
+        layer: l,
+        field,
+        value,
+        offset: r.pos(off),
+    };
     // (slots the kind may use, required slots, attributes it uses, flags allowed)
     let (used_slots, required, used_attrs, allowed_flags) = match kind {
         LayerKind::Linear => (2, 1, 0, 0),
@@ -1270,14 +1517,34 @@ fn decode_layer(r: &Rec<'_>, l: u32) -> Result<(Op, u32, Option<u32>), Error> {
     }
     let eps = f32::from_bits(r.u32(56));
     let op = match kind {
-        LayerKind::Linear => Op::Linear { weight: slot(0), bias: opt(1) },
-        LayerKind::Conv2d => Op::Conv2d { weight: slot(0), bias: opt(1), window: window(r) },
+        LayerKind::Linear => Op::Linear {
+            weight: slot(0),
+            bias: opt(1),
+        },
+        LayerKind::Conv2d => Op::Conv2d {
+            weight: slot(0),
+            bias: opt(1),
+            window: window(r),
+        },
         LayerKind::Relu => Op::Relu,
         LayerKind::MaxPool => Op::MaxPool(window(r)),
-        LayerKind::AvgPool => Op::AvgPool { window: window(r), count_include_pad: flags & 1 == 1 },
+        LayerKind::AvgPool => Op::AvgPool {
+            window: window(r),
+            count_include_pad: flags & 1 == 1,
+        },
         LayerKind::Flatten => Op::Flatten,
-        LayerKind::BatchNorm => Op::BatchNorm { mean: slot(0), var: slot(1), gamma: opt(2), beta: opt(3), eps },
-        LayerKind::LayerNorm => Op::LayerNorm { gamma: opt(0), beta: opt(1), eps },
+        LayerKind::BatchNorm => Op::BatchNorm {
+            mean: slot(0),
+            var: slot(1),
+            gamma: opt(2),
+            beta: opt(3),
+            eps,
+        },
+        LayerKind::LayerNorm => Op::LayerNorm {
+            gamma: opt(0),
+            beta: opt(1),
+            eps,
+        },
         LayerKind::Add => Op::Add,
         LayerKind::Softmax => Op::Softmax,
     };

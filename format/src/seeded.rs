@@ -156,7 +156,12 @@ mod tests {
     }
 
     fn init(rule: InitRule) -> SeededInit {
-        SeededInit { rule, seed: 42, stream: 7, scale: 0.5 }
+        SeededInit {
+            rule,
+            seed: 42,
+            stream: 7,
+            scale: 0.5,
+        }
     }
 
     #[test]
@@ -202,7 +207,10 @@ mod tests {
         let a = init(InitRule::SignedConstant);
         let b = SeededInit { stream: 8, ..a };
         let c = SeededInit { seed: 43, ..a };
-        let d = SeededInit { rule: InitRule::Uniform, ..a };
+        let d = SeededInit {
+            rule: InitRule::Uniform,
+            ..a
+        };
         let keys = [a.key(), b.key(), c.key(), d.key()];
         for i in 0..4 {
             for j in i + 1..4 {

@@ -25,7 +25,10 @@ impl Shape {
         }
         let mut all = [0u32; caps::RANK];
         all[..dims.len()].copy_from_slice(dims);
-        Some(Self { rank: dims.len() as u8, dims: all })
+        Some(Self {
+            rank: dims.len() as u8,
+            dims: all,
+        })
     }
 
     /// The dimensions.
@@ -93,12 +96,22 @@ pub struct Window2d {
 impl Window2d {
     /// A window with stride = kernel, no padding, no dilation (the usual pooling).
     pub fn pool(k: u32) -> Self {
-        Self { kernel: [k, k], stride: [k, k], padding: [0, 0], dilation: [1, 1] }
+        Self {
+            kernel: [k, k],
+            stride: [k, k],
+            padding: [0, 0],
+            dilation: [1, 1],
+        }
     }
 
     /// A square convolution window with stride 1, padding `pad`, no dilation.
     pub fn conv(k: u32, pad: u32) -> Self {
-        Self { kernel: [k, k], stride: [1, 1], padding: [pad, pad], dilation: [1, 1] }
+        Self {
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [pad, pad],
+            dilation: [1, 1],
+        }
     }
 
     /// Output size along `axis` for input size `n`, `None` when the window does not fit.
@@ -122,7 +135,8 @@ impl Window2d {
         if pooling && self.dilation != [1, 1] {
             return Err("pooling with dilation");
         }
-        if pooling && (2 * self.padding[0] > self.kernel[0] || 2 * self.padding[1] > self.kernel[1]) {
+        let too_wide = |axis: usize| 2 * self.padding[axis] as u64 > self.kernel[axis] as u64;
+        if pooling && (too_wide(0) || too_wide(1)) {
             return Err("pooling padding larger than half the kernel");
         }
         Ok(())
@@ -210,7 +224,9 @@ impl Op {
     pub fn tensor_slots(&self) -> [Option<u32>; 4] {
         match *self {
             Op::Linear { weight, bias } | Op::Conv2d { weight, bias, .. } => [Some(weight), bias, None, None],
-            Op::BatchNorm { mean, var, gamma, beta, .. } => [Some(mean), Some(var), gamma, beta],
+            Op::BatchNorm {
+                mean, var, gamma, beta, ..
+            } => [Some(mean), Some(var), gamma, beta],
             Op::LayerNorm { gamma, beta, .. } => [gamma, beta, None, None],
             _ => [None; 4],
         }
@@ -235,7 +251,12 @@ fn check_vector(shape: Option<Shape>, len: u32, what: &'static str) -> Result<()
 
 /// The output shape of `op` given its input shapes and the shapes of its tensor slots, or what is
 /// wrong.
-pub fn infer_shape(op: &Op, input: Shape, second: Option<Shape>, slots: [Option<Shape>; 4]) -> Result<Shape, &'static str> {
+pub fn infer_shape(
+    op: &Op,
+    input: Shape,
+    second: Option<Shape>,
+    slots: [Option<Shape>; 4],
+) -> Result<Shape, &'static str> {
     let dims = input.dims();
     match *op {
         Op::Linear { .. } => {
@@ -260,8 +281,12 @@ pub fn infer_shape(op: &Op, input: Shape, second: Option<Shape>, slots: [Option<
                 return Err("conv2d weight must be [O, C, kh, kw] matching the input channels and kernel");
             }
             check_vector(slots[1], wd[0], "conv2d bias must be [O]")?;
-            let h = window.output_len(0, dims[1]).ok_or("conv2d window larger than the padded input")?;
-            let wi = window.output_len(1, dims[2]).ok_or("conv2d window larger than the padded input")?;
+            let h = window
+                .output_len(0, dims[1])
+                .ok_or("conv2d window larger than the padded input")?;
+            let wi = window
+                .output_len(1, dims[2])
+                .ok_or("conv2d window larger than the padded input")?;
             Shape::new(&[wd[0], h, wi]).ok_or("bad output shape")
         }
         Op::MaxPool(window) | Op::AvgPool { window, .. } => {
@@ -269,14 +294,20 @@ pub fn infer_shape(op: &Op, input: Shape, second: Option<Shape>, slots: [Option<
             if input.rank() != 3 {
                 return Err("pooling input must be [C, H, W]");
             }
-            let h = window.output_len(0, dims[1]).ok_or("pooling window larger than the padded input")?;
-            let w = window.output_len(1, dims[2]).ok_or("pooling window larger than the padded input")?;
+            let h = window
+                .output_len(0, dims[1])
+                .ok_or("pooling window larger than the padded input")?;
+            let w = window
+                .output_len(1, dims[2])
+                .ok_or("pooling window larger than the padded input")?;
             Shape::new(&[dims[0], h, w]).ok_or("bad output shape")
         }
         Op::Relu | Op::Softmax => Ok(input),
-        Op::Flatten => Shape::new(&[input.numel() as u32]).filter(|s| s.numel() == input.numel()).ok_or("flatten output exceeds u32"),
+        Op::Flatten => Shape::new(&[input.numel() as u32])
+            .filter(|s| s.numel() == input.numel())
+            .ok_or("flatten output exceeds u32"),
         Op::BatchNorm { eps, .. } => {
-            if !(eps.is_finite() && eps >= 0.0) {
+            if !(eps.is_finite() && eps.is_sign_positive()) {
                 return Err("eps must be finite and not negative");
             }
             let c = dims[0];
@@ -286,7 +317,7 @@ pub fn infer_shape(op: &Op, input: Shape, second: Option<Shape>, slots: [Option<
             Ok(input)
         }
         Op::LayerNorm { eps, .. } => {
-            if !(eps.is_finite() && eps >= 0.0) {
+            if !(eps.is_finite() && eps.is_sign_positive()) {
                 return Err("eps must be finite and not negative");
             }
             for s in slots {
@@ -298,5 +329,62 @@ pub fn infer_shape(op: &Op, input: Shape, second: Option<Shape>, slots: [Option<
             Some(b) if b == input => Ok(input),
             _ => Err("add inputs must have the same shape"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_pooling_padding_is_refused_without_overflow() {
+        let w = Window2d {
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [u32::MAX, 1 << 31],
+            dilation: [1, 1],
+        };
+        assert!(w.valid(true).is_err());
+        let input = Shape::new(&[1, 4, 4]).unwrap();
+        assert!(infer_shape(&Op::MaxPool(w), input, None, [None; 4]).is_err());
+        let huge = Window2d {
+            kernel: [u32::MAX, 1],
+            stride: [1, 1],
+            padding: [u32::MAX, 0],
+            dilation: [u32::MAX, 1],
+        };
+        assert_eq!(
+            huge.output_len(0, u32::MAX),
+            None,
+            "reach overflows u64 arithmetic safely"
+        );
+    }
+
+    #[test]
+    fn conv_output_length_matches_the_formula() {
+        // floor((n + 2p - d(k-1) - 1) / s) + 1, against a direct count of window positions.
+        for n in 1..12u32 {
+            for k in 1..5u32 {
+                for s in 1..4u32 {
+                    for p in 0..3u32 {
+                        for d in 1..3u32 {
+                            let w = Window2d {
+                                kernel: [k, k],
+                                stride: [s, s],
+                                padding: [p, p],
+                                dilation: [d, d],
+                            };
+                            let reach = d * (k - 1) + 1;
+                            let count = (0..)
+                                .step_by(s as usize)
+                                .take_while(|&start| start + reach <= n + 2 * p)
+                                .count();
+                            let want = (count > 0).then_some(count as u32);
+                            assert_eq!(w.output_len(0, n), want, "n{n} k{k} s{s} p{p} d{d}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

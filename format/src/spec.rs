@@ -131,16 +131,6 @@ code_enum! {
     }
 }
 
-impl SectionKind {
-    /// Payload sections are verified on request; structure sections always.
-    pub fn is_payload(self) -> bool {
-        matches!(
-            self,
-            Self::TensorData | Self::BlockIndex | Self::MaskData
-        )
-    }
-}
-
 code_enum! {
     /// The operation of a layer.
     LayerKind: u16 {

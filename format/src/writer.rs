@@ -48,22 +48,32 @@ pub struct TensorSpec {
 impl TensorSpec {
     /// A tensor; checks that the values fit the dims.
     pub fn new(name: impl Into<String>, dims: &[u32], data: TensorData) -> Result<Self> {
-        let shape = Shape::new(dims).ok_or(Error::InvalidInput { reason: "tensor dims must be rank 1..4, nonzero, at most 2^40 elements" })?;
+        let shape = Shape::new(dims).ok_or(Error::InvalidInput {
+            reason: "tensor dims must be rank 1..4, nonzero, at most 2^40 elements",
+        })?;
         let len = match &data {
             TensorData::F32(v) => v.len(),
             TensorData::F16(v) => v.len(),
             TensorData::Bf16(v) => v.len(),
             TensorData::Seeded(s) => {
-                if !s.scale.is_finite() || s.scale < 0.0 {
-                    return Err(Error::InvalidInput { reason: "seeded scale must be finite and not negative" });
+                if !(s.scale.is_finite() && s.scale.is_sign_positive()) {
+                    return Err(Error::InvalidInput {
+                        reason: "seeded scale must be finite and not negative",
+                    });
                 }
                 usize::try_from(shape.numel()).unwrap_or(usize::MAX)
             }
         };
         if len as u64 != shape.numel() {
-            return Err(Error::InvalidInput { reason: "tensor values do not match its dims" });
+            return Err(Error::InvalidInput {
+                reason: "tensor values do not match its dims",
+            });
         }
-        Ok(Self { name: name.into(), shape, data })
+        Ok(Self {
+            name: name.into(),
+            shape,
+            data,
+        })
     }
 
     /// An f32 tensor.
@@ -125,27 +135,51 @@ enum MaskBits {
 impl MaskSpec {
     /// One bit per weight, row-major over the matrix view: bit `i` is weight `i`.
     pub fn element(bits: &BitSlice<u64, Lsb0>) -> Self {
-        Self { kind: MaskKind::Element, block: [1, 1], bits: MaskBits::Logical(bits.iter().by_vals().collect()) }
+        Self {
+            kind: MaskKind::Element,
+            block: [1, 1],
+            bits: MaskBits::Logical(bits.iter().by_vals().collect()),
+        }
     }
     /// One bit per `block[0] × block[1]` block, row-major over the block grid.
     pub fn block(block: [u16; 2], bits: &BitSlice<u64, Lsb0>) -> Self {
-        Self { kind: MaskKind::Block, block, bits: MaskBits::Logical(bits.iter().by_vals().collect()) }
+        Self {
+            kind: MaskKind::Block,
+            block,
+            bits: MaskBits::Logical(bits.iter().by_vals().collect()),
+        }
     }
     /// Element mask from booleans, row-major over the matrix view.
     pub fn element_bools(bits: &[bool]) -> Self {
-        Self { kind: MaskKind::Element, block: [1, 1], bits: MaskBits::Logical(bits.to_vec()) }
+        Self {
+            kind: MaskKind::Element,
+            block: [1, 1],
+            bits: MaskBits::Logical(bits.to_vec()),
+        }
     }
     /// Block mask from booleans, row-major over the block grid.
     pub fn block_bools(block: [u16; 2], bits: &[bool]) -> Self {
-        Self { kind: MaskKind::Block, block, bits: MaskBits::Logical(bits.to_vec()) }
+        Self {
+            kind: MaskKind::Block,
+            block,
+            bits: MaskBits::Logical(bits.to_vec()),
+        }
     }
     /// Element mask already in the file's word layout (rows padded to whole `u64` words).
     pub fn element_words(words: &[u64]) -> Self {
-        Self { kind: MaskKind::Element, block: [1, 1], bits: MaskBits::Words(words.to_vec()) }
+        Self {
+            kind: MaskKind::Element,
+            block: [1, 1],
+            bits: MaskBits::Words(words.to_vec()),
+        }
     }
     /// Block mask already in the file's word layout.
     pub fn block_words(block: [u16; 2], words: &[u64]) -> Self {
-        Self { kind: MaskKind::Block, block, bits: MaskBits::Words(words.to_vec()) }
+        Self {
+            kind: MaskKind::Block,
+            block,
+            bits: MaskBits::Words(words.to_vec()),
+        }
     }
 
     /// The padded words for a `grid` of bits.
@@ -155,7 +189,9 @@ impl MaskSpec {
         match &self.bits {
             MaskBits::Logical(bits) => {
                 if bits.len() != rows * cols {
-                    return Err(Error::InvalidInput { reason: "mask bit count does not match the tensor (or block grid)" });
+                    return Err(Error::InvalidInput {
+                        reason: "mask bit count does not match the tensor (or block grid)",
+                    });
                 }
                 let mut words = vec![0u64; rows * wpr];
                 for (i, _) in bits.iter().enumerate().filter(|(_, &b)| b) {
@@ -166,11 +202,15 @@ impl MaskSpec {
             }
             MaskBits::Words(words) => {
                 if words.len() != rows * wpr {
-                    return Err(Error::InvalidInput { reason: "mask word count does not match the tensor (or block grid)" });
+                    return Err(Error::InvalidInput {
+                        reason: "mask word count does not match the tensor (or block grid)",
+                    });
                 }
                 let tail = cols % 64;
                 if tail != 0 && words.chunks(wpr).any(|row| row[wpr - 1] >> tail != 0) {
-                    return Err(Error::InvalidInput { reason: "mask padding bits past the end of a row are set" });
+                    return Err(Error::InvalidInput {
+                        reason: "mask padding bits past the end of a row are set",
+                    });
                 }
                 Ok(words.clone())
             }
@@ -256,11 +296,21 @@ impl ModelBuilder {
         if input == NONE {
             return Ok(self.input);
         }
-        self.layers.get(input as usize).map(|l| l.shape).ok_or(invalid("layer input is not an earlier layer"))
+        self.layers
+            .get(input as usize)
+            .map(|l| l.shape)
+            .ok_or(invalid("layer input is not an earlier layer"))
     }
 
     /// Adds a layer; `slots` are the tensors in the op's slot order. Returns the layer index.
-    fn push(&mut self, name: &str, make: impl FnOnce(&[Option<u32>; 4]) -> Op, slots: [Option<TensorSpec>; 4], input: u32, second: u32) -> Result<u32> {
+    fn push(
+        &mut self,
+        name: &str,
+        make: impl FnOnce(&[Option<u32>; 4]) -> Op,
+        slots: [Option<TensorSpec>; 4],
+        input: u32,
+        second: u32,
+    ) -> Result<u32> {
         check_name(name)?;
         if self.layers.len() >= caps::LAYERS as usize {
             return Err(invalid("too many layers"));
@@ -280,29 +330,67 @@ impl ModelBuilder {
             return Err(invalid("too many tensors"));
         }
         let op = make(&ids);
-        let second_shape = if second == NONE { None } else { Some(self.shape_of(second)?) };
-        let shape = infer_shape(&op, self.shape_of(input)?, second_shape, shapes).map_err(|reason| Error::InvalidInput { reason })?;
+        let second_shape = if second == NONE {
+            None
+        } else {
+            Some(self.shape_of(second)?)
+        };
+        let shape = infer_shape(&op, self.shape_of(input)?, second_shape, shapes)
+            .map_err(|reason| Error::InvalidInput { reason })?;
         self.tensors.extend(slots.into_iter().flatten());
-        self.layers.push(LayerDraft { name: name.to_string(), op, input, second, shape });
+        self.layers.push(LayerDraft {
+            name: name.to_string(),
+            op,
+            input,
+            second,
+            shape,
+        });
         Ok(self.last())
     }
 
     /// `y = W x + b`; `weight` is `[out, in]`.
     pub fn linear(&mut self, name: &str, weight: TensorSpec, bias: Option<TensorSpec>) -> Result<u32> {
         let input = self.last();
-        self.push(name, |t| Op::Linear { weight: t[0].unwrap_or(NONE), bias: t[1] }, [Some(weight), bias, None, None], input, NONE)
+        self.push(
+            name,
+            |t| Op::Linear {
+                weight: t[0].unwrap_or(NONE),
+                bias: t[1],
+            },
+            [Some(weight), bias, None, None],
+            input,
+            NONE,
+        )
     }
 
     /// 2-D convolution; `weight` is `[O, C, kh, kw]`.
-    pub fn conv2d(&mut self, name: &str, weight: TensorSpec, bias: Option<TensorSpec>, window: Window2d) -> Result<u32> {
+    pub fn conv2d(
+        &mut self,
+        name: &str,
+        weight: TensorSpec,
+        bias: Option<TensorSpec>,
+        window: Window2d,
+    ) -> Result<u32> {
         let input = self.last();
-        self.push(name, |t| Op::Conv2d { weight: t[0].unwrap_or(NONE), bias: t[1], window }, [Some(weight), bias, None, None], input, NONE)
+        self.push(
+            name,
+            |t| Op::Conv2d {
+                weight: t[0].unwrap_or(NONE),
+                bias: t[1],
+                window,
+            },
+            [Some(weight), bias, None, None],
+            input,
+            NONE,
+        )
     }
 
     /// A layer without tensors (relu, pools, flatten, softmax).
     pub fn op(&mut self, name: &str, op: Op) -> Result<u32> {
         if op.tensor_slots().iter().any(Option::is_some) || op.arity() != 1 {
-            return Err(invalid("use the dedicated method for layers with tensors or two inputs"));
+            return Err(invalid(
+                "use the dedicated method for layers with tensors or two inputs",
+            ));
         }
         let input = self.last();
         self.push(name, |_| op, [None, None, None, None], input, NONE)
@@ -319,11 +407,25 @@ impl ModelBuilder {
     }
 
     /// Batch norm in inference form; `gamma`/`beta` absent for non-affine norms.
-    pub fn batch_norm(&mut self, name: &str, mean: TensorSpec, var: TensorSpec, gamma: Option<TensorSpec>, beta: Option<TensorSpec>, eps: f32) -> Result<u32> {
+    pub fn batch_norm(
+        &mut self,
+        name: &str,
+        mean: TensorSpec,
+        var: TensorSpec,
+        gamma: Option<TensorSpec>,
+        beta: Option<TensorSpec>,
+        eps: f32,
+    ) -> Result<u32> {
         let input = self.last();
         self.push(
             name,
-            |t| Op::BatchNorm { mean: t[0].unwrap_or(NONE), var: t[1].unwrap_or(NONE), gamma: t[2], beta: t[3], eps },
+            |t| Op::BatchNorm {
+                mean: t[0].unwrap_or(NONE),
+                var: t[1].unwrap_or(NONE),
+                gamma: t[2],
+                beta: t[3],
+                eps,
+            },
             [Some(mean), Some(var), gamma, beta],
             input,
             NONE,
@@ -331,9 +433,25 @@ impl ModelBuilder {
     }
 
     /// Layer norm over the last dimension.
-    pub fn layer_norm(&mut self, name: &str, gamma: Option<TensorSpec>, beta: Option<TensorSpec>, eps: f32) -> Result<u32> {
+    pub fn layer_norm(
+        &mut self,
+        name: &str,
+        gamma: Option<TensorSpec>,
+        beta: Option<TensorSpec>,
+        eps: f32,
+    ) -> Result<u32> {
         let input = self.last();
-        self.push(name, |t| Op::LayerNorm { gamma: t[0], beta: t[1], eps }, [gamma, beta, None, None], input, NONE)
+        self.push(
+            name,
+            |t| Op::LayerNorm {
+                gamma: t[0],
+                beta: t[1],
+                eps,
+            },
+            [gamma, beta, None, None],
+            input,
+            NONE,
+        )
     }
 
     /// Element-wise sum of two earlier outputs (a residual connection).
@@ -372,7 +490,9 @@ impl ModelBuilder {
         if set as usize >= self.sets.len() {
             return Err(invalid("no such mask set"));
         }
-        let tensor = self.weight_of(layer).ok_or(invalid("only linear and conv2d weights can carry masks"))?;
+        let tensor = self
+            .weight_of(layer)
+            .ok_or(invalid("only linear and conv2d weights can carry masks"))?;
         if mask.kind == MaskKind::Block && !mask.block.iter().all(|s| (1..=caps::BLOCK_SIDE).contains(s)) {
             return Err(invalid("block sides must be 1 to 1024"));
         }
@@ -380,12 +500,18 @@ impl ModelBuilder {
         let (rows, cols) = shape.matrix();
         let grid = (rows.div_ceil(mask.block[0] as u64), cols.div_ceil(mask.block[1] as u64));
         let words = mask.words(grid)?;
-        let entry = self.masked.entry(tensor).or_insert(MaskedTensor { kind: mask.kind, block: mask.block, packed: false });
-        if entry.kind != mask.kind || entry.block != mask.block {
-            return Err(invalid("every mask of one tensor must have the same kind and block shape"));
-        }
-        if self.masked.len() > caps::MASKED_TENSORS as usize {
+        if !self.masked.contains_key(&tensor) && self.masked.len() >= caps::MASKED_TENSORS as usize {
             return Err(invalid("too many masked tensors"));
+        }
+        let entry = self.masked.entry(tensor).or_insert(MaskedTensor {
+            kind: mask.kind,
+            block: mask.block,
+            packed: false,
+        });
+        if entry.kind != mask.kind || entry.block != mask.block {
+            return Err(invalid(
+                "every mask of one tensor must have the same kind and block shape",
+            ));
         }
         self.masks.insert((set, tensor), words);
         Ok(())
@@ -394,7 +520,9 @@ impl ModelBuilder {
     /// Stores only the kept blocks of layer `layer`'s block-masked weight (needs exactly one
     /// mask set when written).
     pub fn pack_blocks(&mut self, layer: u32) -> Result<()> {
-        let tensor = self.weight_of(layer).ok_or(invalid("only linear and conv2d weights can be packed"))?;
+        let tensor = self
+            .weight_of(layer)
+            .ok_or(invalid("only linear and conv2d weights can be packed"))?;
         match self.masked.get_mut(&tensor) {
             Some(m) if m.kind == MaskKind::Block => {
                 m.packed = true;
@@ -478,7 +606,15 @@ impl ModelBuilder {
                         let (data, index) = self.tiles(spec, m.block, keep);
                         r[12..14].copy_from_slice(&m.block[0].to_le_bytes());
                         r[14..16].copy_from_slice(&m.block[1].to_le_bytes());
-                        (if m.packed { LayoutKind::PackedBlocks } else { LayoutKind::TileMajor }, data, index)
+                        (
+                            if m.packed {
+                                LayoutKind::PackedBlocks
+                            } else {
+                                LayoutKind::TileMajor
+                            },
+                            data,
+                            index,
+                        )
                     }
                 };
                 r[9] = layout.code();
@@ -505,11 +641,23 @@ impl ModelBuilder {
             let mut attrs = [0u32; 8];
             let mut flags = 0u16;
             let put_window = |attrs: &mut [u32; 8], w: &Window2d| {
-                attrs.copy_from_slice(&[w.kernel[0], w.kernel[1], w.stride[0], w.stride[1], w.padding[0], w.padding[1], w.dilation[0], w.dilation[1]]);
+                attrs.copy_from_slice(&[
+                    w.kernel[0],
+                    w.kernel[1],
+                    w.stride[0],
+                    w.stride[1],
+                    w.padding[0],
+                    w.padding[1],
+                    w.dilation[0],
+                    w.dilation[1],
+                ]);
             };
             match &l.op {
                 Op::Conv2d { window, .. } | Op::MaxPool(window) => put_window(&mut attrs, window),
-                Op::AvgPool { window, count_include_pad } => {
+                Op::AvgPool {
+                    window,
+                    count_include_pad,
+                } => {
                     put_window(&mut attrs, window);
                     flags = *count_include_pad as u16;
                 }
@@ -561,7 +709,10 @@ impl ModelBuilder {
                     masks.extend_from_slice(&ones.to_le_bytes());
                     put32(&mut masks, at);
                     put32(&mut masks, 0);
-                    payloads.push((SectionKind::MaskData, words.iter().flat_map(|w| w.to_le_bytes()).collect()));
+                    payloads.push((
+                        SectionKind::MaskData,
+                        words.iter().flat_map(|w| w.to_le_bytes()).collect(),
+                    ));
                 }
             }
         }
@@ -592,8 +743,11 @@ impl ModelBuilder {
             return Err(invalid("names and metadata exceed 4 GiB"));
         }
 
-        let mut sections: Vec<(SectionKind, &[u8])> =
-            vec![(SectionKind::Strings, &strings[..]), (SectionKind::Graph, &graph[..]), (SectionKind::Tensors, &tensors[..])];
+        let mut sections: Vec<(SectionKind, &[u8])> = vec![
+            (SectionKind::Strings, &strings[..]),
+            (SectionKind::Graph, &graph[..]),
+            (SectionKind::Tensors, &tensors[..]),
+        ];
         if has_masks {
             sections.push((SectionKind::Masks, &masks));
         }
@@ -655,7 +809,9 @@ impl ModelBuilder {
     /// Builds, then writes atomically to `path` (see [`write_atomic`]).
     #[cfg(feature = "std")]
     pub fn write(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
-        let bytes = self.to_bytes().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let bytes = self
+            .to_bytes()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         write_atomic(path, &bytes)
     }
 }
@@ -709,7 +865,9 @@ fn layout_file(sections: &[(SectionKind, &[u8])], alignment: u32) -> Vec<u8> {
 /// Recomputes the header checksum of `bytes` in place (for tools that patch a header field,
 /// and for tests that make hostile files).
 pub fn refresh_header_checksum(bytes: &mut [u8]) {
-    let Some(count) = bytes.get(24..28).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) else { return };
+    let Some(count) = bytes.get(24..28).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) else {
+        return;
+    };
     let header_len = (HEADER_LEN + SECTION_ENTRY_LEN * count as usize).min(bytes.len());
     if header_len < HEADER_LEN {
         return;
@@ -731,7 +889,9 @@ pub fn write_atomic(path: impl AsRef<std::path::Path>, bytes: &[u8]) -> std::io:
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let file_name = path.file_name().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"))?;
     let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

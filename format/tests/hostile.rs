@@ -20,7 +20,10 @@ fn parse(b: &[u8]) -> Error {
 }
 
 fn verify(b: &[u8]) -> Error {
-    Model::parse(b).expect("structure stays valid").verify().expect_err("verify must refuse")
+    Model::parse(b)
+        .expect("structure stays valid")
+        .verify()
+        .expect_err("verify must refuse")
 }
 
 /// Patches `b` at `off`, fixes every checksum, and parses.
@@ -42,7 +45,13 @@ fn sample_is_valid() {
     m.verify().unwrap();
     let kinds: Vec<_> = m.sections().map(|s| s.kind).collect();
     use SectionKind::*;
-    assert_eq!(kinds, [Strings, Graph, Tensors, Masks, Metadata, History, TensorData, TensorData, TensorData, MaskData, MaskData, MaskData, MaskData]);
+    assert_eq!(
+        kinds,
+        [
+            Strings, Graph, Tensors, Masks, Metadata, History, TensorData, TensorData, TensorData, MaskData, MaskData,
+            MaskData, MaskData
+        ]
+    );
     Model::parse(&small_packed()).unwrap().verify().unwrap();
 }
 
@@ -75,9 +84,17 @@ fn header_errors() {
     assert_eq!(patched(20, &le(48)), Error::BadAlignment { alignment: 48 });
     assert_eq!(patched(20, &le(96)), Error::BadAlignment { alignment: 96 });
     assert_eq!(patched(20, &le(1 << 17)), Error::BadAlignment { alignment: 1 << 17 });
-    assert_eq!(patched(24, &le(caps::SECTIONS + 1)), Error::TooManySections { count: caps::SECTIONS + 1 });
+    assert_eq!(
+        patched(24, &le(caps::SECTIONS + 1)),
+        Error::TooManySections {
+            count: caps::SECTIONS + 1
+        }
+    );
     assert!(matches!(patched(28, &le(64)), Error::HeaderLength { stored: 64, .. }));
-    assert!(matches!(patched(24, &le(1000)), Error::HeaderLength { .. }), "table longer than the file");
+    assert!(
+        matches!(patched(24, &le(1000)), Error::HeaderLength { .. }),
+        "table longer than the file"
+    );
     assert_eq!(patched(50, &[1]), Error::ReservedNotZero { offset: 50 });
 
     let mut b = small();
@@ -88,19 +105,38 @@ fn header_errors() {
 #[test]
 fn section_table_errors() {
     let e = |i: usize| 64 + 32 * i;
-    assert_eq!(patched(e(3), &le(99)), Error::UnknownSectionKind { section: 3, kind: 99 });
-    assert_eq!(patched(e(3) + 4, &[1]), Error::ReservedNotZero { offset: e(3) as u64 + 4 });
+    assert_eq!(
+        patched(e(3), &le(99)),
+        Error::UnknownSectionKind { section: 3, kind: 99 }
+    );
+    assert_eq!(
+        patched(e(3) + 4, &[1]),
+        Error::ReservedNotZero {
+            offset: e(3) as u64 + 4
+        }
+    );
     let b = small();
     let (off1, _) = section(&b, 1);
-    assert!(matches!(patched(e(1) + 8, &(off1 as u64 + 64).to_le_bytes()), Error::SectionMisplaced { section: 1, .. }));
+    assert!(matches!(
+        patched(e(1) + 8, &(off1 as u64 + 64).to_le_bytes()),
+        Error::SectionMisplaced { section: 1, .. }
+    ));
     let last = u32_at(&b, 24) as usize - 1;
     let (_, len_last) = section(&b, last);
-    assert!(matches!(patched(e(last) + 16, &(len_last as u64 + 4096).to_le_bytes()), Error::SectionOutOfBounds { .. }));
+    assert!(matches!(
+        patched(e(last) + 16, &(len_last as u64 + 4096).to_le_bytes()),
+        Error::SectionOutOfBounds { .. }
+    ));
 
     // A nonzero byte in the padding after the section table.
     let header_len = u32_at(&b, 28) as usize;
     assert!(section(&b, 0).0 > header_len, "sample has padding after its table");
-    assert_eq!(patched(header_len + 1, &[7]), Error::PaddingNotZero { offset: header_len as u64 + 1 });
+    assert_eq!(
+        patched(header_len + 1, &[7]),
+        Error::PaddingNotZero {
+            offset: header_len as u64 + 1
+        }
+    );
 
     // Sixty-four bytes appended, the file length updated.
     let mut b = small();
@@ -115,7 +151,14 @@ fn section_table_errors() {
     put(&mut b, e(0), &le(SectionKind::Graph.code()));
     put(&mut b, e(1), &le(SectionKind::Strings.code()));
     fix(&mut b);
-    assert_eq!(parse(&b), Error::SectionOrder { section: 0, found: SectionKind::Graph, expected: "STRINGS" });
+    assert_eq!(
+        parse(&b),
+        Error::SectionOrder {
+            section: 0,
+            found: SectionKind::Graph,
+            expected: "STRINGS"
+        }
+    );
 
     // A header with no sections at all.
     let mut b = small()[..64].to_vec();
@@ -123,29 +166,69 @@ fn section_table_errors() {
     put(&mut b, 28, &le(64));
     put(&mut b, 32, &64u64.to_le_bytes());
     refresh_header_checksum(&mut b);
-    assert_eq!(parse(&b), Error::MissingSection { kind: SectionKind::Strings });
+    assert_eq!(
+        parse(&b),
+        Error::MissingSection {
+            kind: SectionKind::Strings
+        }
+    );
 
     // A structure section whose bytes do not match their checksum.
     let mut b = small();
     let (graph, _) = section(&b, 1);
     b[graph + 40] ^= 0x10;
-    assert!(matches!(parse(&b), Error::SectionChecksum { section: 1, kind: SectionKind::Graph, .. }));
+    assert!(matches!(
+        parse(&b),
+        Error::SectionChecksum {
+            section: 1,
+            kind: SectionKind::Graph,
+            ..
+        }
+    ));
 
     // A payload section flipped: parse accepts (open stays O(header)), verify refuses.
     let mut b = small();
     let (w, _) = section(&b, 6);
     b[w + 3] ^= 0x01;
-    assert!(matches!(verify(&b), Error::SectionChecksum { section: 6, kind: SectionKind::TensorData, .. }));
+    assert!(matches!(
+        verify(&b),
+        Error::SectionChecksum {
+            section: 6,
+            kind: SectionKind::TensorData,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn graph_errors() {
     let b = small();
     let graph = section(&b, 1).0;
-    assert!(matches!(patched(graph, &le(5)), Error::SectionLength { section: 1, kind: SectionKind::Graph, .. }));
-    assert!(matches!(patched(graph, &le(caps::LAYERS + 1)), Error::CountTooLarge { what: "layer", .. }));
-    assert_eq!(patched(graph + 4, &le(0)), Error::BadShape { offset: graph as u64 + 8 });
-    assert_eq!(patched(graph + 12, &le(3)), Error::BadShape { offset: graph as u64 + 8 }, "dims past the rank must be zero");
+    assert!(matches!(
+        patched(graph, &le(5)),
+        Error::SectionLength {
+            section: 1,
+            kind: SectionKind::Graph,
+            ..
+        }
+    ));
+    assert!(matches!(
+        patched(graph, &le(caps::LAYERS + 1)),
+        Error::CountTooLarge { what: "layer", .. }
+    ));
+    assert_eq!(
+        patched(graph + 4, &le(0)),
+        Error::BadShape {
+            offset: graph as u64 + 8
+        }
+    );
+    assert_eq!(
+        patched(graph + 12, &le(3)),
+        Error::BadShape {
+            offset: graph as u64 + 8
+        },
+        "dims past the rank must be zero"
+    );
 
     let l0 = layer(&b, 0);
     let l1 = layer(&b, 1);
@@ -158,17 +241,59 @@ fn graph_errors() {
     fix(&mut s);
     assert!(matches!(parse(&s), Error::StringNotUtf8 { .. }));
 
-    assert_eq!(patched(l0, &77u16.to_le_bytes()), Error::UnknownLayerKind { layer: 0, code: 77 });
-    assert!(matches!(patched(l1 + 56, &le(1)), Error::BadLayerField { layer: 1, field: "attribute", .. }));
-    assert!(matches!(patched(l1 + 2, &1u16.to_le_bytes()), Error::BadLayerField { layer: 1, field: "flags", .. }));
-    assert!(matches!(patched(l1 + 40, &le(0)), Error::BadLayerField { layer: 1, field: "tensor slot", .. }));
-    assert!(matches!(patched(l1 + 16, &le(0)), Error::BadLayerField { layer: 1, field: "second input", .. }));
+    assert_eq!(
+        patched(l0, &77u16.to_le_bytes()),
+        Error::UnknownLayerKind { layer: 0, code: 77 }
+    );
+    assert!(matches!(
+        patched(l1 + 56, &le(1)),
+        Error::BadLayerField {
+            layer: 1,
+            field: "attribute",
+            ..
+        }
+    ));
+    assert!(matches!(
+        patched(l1 + 2, &1u16.to_le_bytes()),
+        Error::BadLayerField {
+            layer: 1,
+            field: "flags",
+            ..
+        }
+    ));
+    assert!(matches!(
+        patched(l1 + 40, &le(0)),
+        Error::BadLayerField {
+            layer: 1,
+            field: "tensor slot",
+            ..
+        }
+    ));
+    assert!(matches!(
+        patched(l1 + 16, &le(0)),
+        Error::BadLayerField {
+            layer: 1,
+            field: "second input",
+            ..
+        }
+    ));
     assert_eq!(patched(l1 + 12, &le(1)), Error::BadLayerInput { layer: 1, input: 1 });
     assert_eq!(patched(l1 + 12, &le(9)), Error::BadLayerInput { layer: 1, input: 9 });
-    assert!(matches!(patched(graph + 8, &le(7)), Error::LayerShape { layer: 0, .. }), "input no longer fits fc1");
+    assert!(
+        matches!(patched(graph + 8, &le(7)), Error::LayerShape { layer: 0, .. }),
+        "input no longer fits fc1"
+    );
     assert!(matches!(patched(l0 + 24, &le(5)), Error::OutputShape { layer: 0, .. }));
     assert!(matches!(patched(l0 + 20, &[0]), Error::BadShape { .. }));
-    assert_eq!(patched(l0 + 44, &le(0)), Error::TensorReference { layer: 0, slot: 1, found: 0, expected: 1 });
+    assert_eq!(
+        patched(l0 + 44, &le(0)),
+        Error::TensorReference {
+            layer: 0,
+            slot: 1,
+            found: 0,
+            expected: 1
+        }
+    );
     let l2 = layer(&b, 2);
     assert_eq!(patched(l2 + 44, &le(NONE)), Error::UnusedTensors { used: 3, count: 4 });
 }
@@ -177,33 +302,96 @@ fn graph_errors() {
 fn tensor_errors() {
     let b = small();
     let tensors = section(&b, 2).0;
-    assert!(matches!(patched(tensors, &le(caps::TENSORS + 1)), Error::CountTooLarge { what: "tensor", .. }));
-    assert!(matches!(patched(tensors, &le(3)), Error::SectionLength { section: 2, .. }));
+    assert!(matches!(
+        patched(tensors, &le(caps::TENSORS + 1)),
+        Error::CountTooLarge { what: "tensor", .. }
+    ));
+    assert!(matches!(
+        patched(tensors, &le(3)),
+        Error::SectionLength { section: 2, .. }
+    ));
     let (t0, t1, t2) = (tensor(&b, 0), tensor(&b, 1), tensor(&b, 2));
     assert_eq!(patched(t0 + 8, &[9]), Error::UnknownStorage { tensor: 0, code: 9 });
     assert_eq!(patched(t0 + 9, &[9]), Error::UnknownLayout { tensor: 0, code: 9 });
     assert_eq!(patched(t1 + 40, &[9]), Error::UnknownInitRule { tensor: 1, code: 9 });
     assert_eq!(patched(t1 + 41, &[9]), Error::UnknownGenerator { tensor: 1, code: 9 });
-    assert_eq!(patched(t1 + 32, &le(0)), Error::BadTensorField { tensor: 1, field: "data_section", value: 0 });
-    assert!(matches!(patched(t1 + 56, &f32::NAN.to_bits().to_le_bytes()), Error::BadTensorField { field: "scale", .. }));
-    assert!(matches!(patched(t0 + 9, &[1]), Error::LayoutMismatch { tensor: 0, .. }), "element mask on a tile-major tensor");
-    assert!(matches!(patched(t2 + 14, &3u16.to_le_bytes()), Error::LayoutMismatch { tensor: 2, .. }), "block shape differs from the mask's");
-    assert!(matches!(patched(t2 + 9, &[0]), Error::BadTensorField { tensor: 2, field: "block", .. }));
-    assert!(matches!(patched(t2 + 9, &[2]), Error::LayoutMismatch { tensor: 2, .. }), "packed with two mask sets");
-    assert_eq!(patched(t0 + 32, &le(7)), Error::PayloadReference { offset: t0 as u64 + 32, found: 7, expected: 6 });
-    assert!(matches!(patched(t0 + 48, &[1]), Error::ReservedNotZero { .. }), "seed on a stored tensor");
+    assert_eq!(
+        patched(t1 + 32, &le(0)),
+        Error::BadTensorField {
+            tensor: 1,
+            field: "data_section",
+            value: 0
+        }
+    );
+    assert!(matches!(
+        patched(t1 + 56, &f32::NAN.to_bits().to_le_bytes()),
+        Error::BadTensorField { field: "scale", .. }
+    ));
+    assert!(matches!(
+        patched(t1 + 56, &(-0.0f32).to_bits().to_le_bytes()),
+        Error::BadTensorField { field: "scale", .. }
+    ));
+    assert!(
+        matches!(patched(t0 + 9, &[1]), Error::LayoutMismatch { tensor: 0, .. }),
+        "element mask on a tile-major tensor"
+    );
+    assert!(
+        matches!(
+            patched(t2 + 14, &3u16.to_le_bytes()),
+            Error::LayoutMismatch { tensor: 2, .. }
+        ),
+        "block shape differs from the mask's"
+    );
+    assert!(matches!(
+        patched(t2 + 9, &[0]),
+        Error::BadTensorField {
+            tensor: 2,
+            field: "block",
+            ..
+        }
+    ));
+    assert!(
+        matches!(patched(t2 + 9, &[2]), Error::LayoutMismatch { tensor: 2, .. }),
+        "packed with two mask sets"
+    );
+    assert_eq!(
+        patched(t0 + 32, &le(7)),
+        Error::PayloadReference {
+            offset: t0 as u64 + 32,
+            found: 7,
+            expected: 6
+        }
+    );
+    assert!(
+        matches!(patched(t0 + 48, &[1]), Error::ReservedNotZero { .. }),
+        "seed on a stored tensor"
+    );
     // The data section one element short.
     let mut s = small();
     put(&mut s, t0 + 16, &le(3));
     let l0 = layer(&s, 0);
     put(&mut s, l0 + 24, &le(3));
     fix(&mut s);
-    assert!(matches!(parse(&s), Error::SectionLength { section: 6, kind: SectionKind::TensorData, .. } | Error::LayerShape { .. }));
+    assert!(matches!(
+        parse(&s),
+        Error::SectionLength {
+            section: 6,
+            kind: SectionKind::TensorData,
+            ..
+        } | Error::LayerShape { .. }
+    ));
     // A payload section of the wrong kind where a tensor's data should be.
     let mut s = small();
     put(&mut s, 64 + 32 * 6, &le(SectionKind::MaskData.code()));
     fix(&mut s);
-    assert_eq!(parse(&s), Error::SectionOrder { section: 6, found: SectionKind::MaskData, expected: "TENSOR_DATA" });
+    assert_eq!(
+        parse(&s),
+        Error::SectionOrder {
+            section: 6,
+            found: SectionKind::MaskData,
+            expected: "TENSOR_DATA"
+        }
+    );
 }
 
 #[test]
@@ -218,46 +406,165 @@ fn packed_index_errors() {
         fix(&mut s);
         parse(&s)
     };
-    assert!(matches!(hit(6, 2), Error::BadBlockIndex { tensor: 1, block_row: 1, reason: "block column out of range" }));
-    assert!(matches!(hit(6, 0), Error::BadBlockIndex { block_row: 1, reason: "block columns not strictly ascending", .. }));
-    assert!(matches!(hit(0, 1), Error::BadBlockIndex { block_row: 0, reason: "row_ptr[0] must be 0", .. }));
-    assert!(matches!(hit(2, 0), Error::BadBlockIndex { block_row: 1, reason: "row_ptr decreases", .. }));
-    assert!(matches!(hit(2, 5), Error::BadBlockIndex { block_row: 1, reason: "row_ptr exceeds the kept-block count", .. }));
-    assert!(matches!(hit(3, 2), Error::SectionLength { section: 6, kind: SectionKind::BlockIndex, .. }));
+    assert!(matches!(
+        hit(6, 2),
+        Error::BadBlockIndex {
+            tensor: 1,
+            block_row: 1,
+            reason: "block column out of range"
+        }
+    ));
+    assert!(matches!(
+        hit(6, 0),
+        Error::BadBlockIndex {
+            block_row: 1,
+            reason: "block columns not strictly ascending",
+            ..
+        }
+    ));
+    assert!(matches!(
+        hit(0, 1),
+        Error::BadBlockIndex {
+            block_row: 0,
+            reason: "row_ptr[0] must be 0",
+            ..
+        }
+    ));
+    assert!(matches!(
+        hit(2, 0),
+        Error::BadBlockIndex {
+            block_row: 1,
+            reason: "row_ptr decreases",
+            ..
+        }
+    ));
+    assert!(matches!(
+        hit(2, 5),
+        Error::BadBlockIndex {
+            block_row: 1,
+            reason: "row_ptr exceeds the kept-block count",
+            ..
+        }
+    ));
+    assert!(matches!(
+        hit(3, 2),
+        Error::SectionLength {
+            section: 6,
+            kind: SectionKind::BlockIndex,
+            ..
+        }
+    ));
     // Packed data section of the wrong length.
     let mut s = small_packed();
     let t1 = tensor(&s, 1);
     put(&mut s, t1 + 8, &[2]); // f16 now: the same blocks need half the bytes
     fix(&mut s);
-    assert!(matches!(parse(&s), Error::SectionLength { section: 5, kind: SectionKind::TensorData, .. }));
+    assert!(matches!(
+        parse(&s),
+        Error::SectionLength {
+            section: 5,
+            kind: SectionKind::TensorData,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn mask_errors() {
     let b = small();
     let masks = section(&b, 3).0;
-    assert!(matches!(patched(masks, &le(caps::MASK_SETS + 1)), Error::CountTooLarge { what: "mask set", .. }));
-    assert!(matches!(patched(masks + 4, &le(caps::MASKED_TENSORS + 1)), Error::CountTooLarge { what: "masked tensor", .. }));
-    assert!(matches!(patched(masks, &le(3)), Error::SectionLength { section: 3, kind: SectionKind::Masks, .. }));
+    assert!(matches!(
+        patched(masks, &le(caps::MASK_SETS + 1)),
+        Error::CountTooLarge { what: "mask set", .. }
+    ));
+    assert!(matches!(
+        patched(masks + 4, &le(caps::MASKED_TENSORS + 1)),
+        Error::CountTooLarge {
+            what: "masked tensor",
+            ..
+        }
+    ));
+    assert!(matches!(
+        patched(masks, &le(3)),
+        Error::SectionLength {
+            section: 3,
+            kind: SectionKind::Masks,
+            ..
+        }
+    ));
+    // No sets at all: the section must be absent instead.
+    assert_eq!(patched(masks, &le(0)), Error::EmptyMasks { section: 3 });
     let entry = |e: usize| masks + 16 + 16 * e;
-    assert_eq!(patched(entry(0) + 4, &[9]), Error::UnknownMaskKind { entry: 0, code: 9 });
-    assert!(matches!(patched(entry(0), &le(9)), Error::BadMaskedTensor { entry: 0, reason: "tensor index out of range" }));
-    assert!(matches!(patched(entry(1), &le(0)), Error::BadMaskedTensor { entry: 1, .. }), "unsorted entries");
-    assert!(matches!(patched(entry(0), &le(1)), Error::BadMaskedTensor { entry: 0, reason: "only linear and conv2d weights can carry masks" }));
-    assert!(matches!(patched(entry(0) + 6, &2u16.to_le_bytes()), Error::BadMaskedTensor { entry: 0, .. }), "element mask with a block shape");
-    assert!(matches!(patched(entry(1) + 6, &0u16.to_le_bytes()), Error::BadMaskedTensor { entry: 1, .. }), "block side 0");
+    assert_eq!(
+        patched(entry(0) + 4, &[9]),
+        Error::UnknownMaskKind { entry: 0, code: 9 }
+    );
+    assert!(matches!(
+        patched(entry(0), &le(9)),
+        Error::BadMaskedTensor {
+            entry: 0,
+            reason: "tensor index out of range"
+        }
+    ));
+    assert!(
+        matches!(patched(entry(1), &le(0)), Error::BadMaskedTensor { entry: 1, .. }),
+        "unsorted entries"
+    );
+    assert!(matches!(
+        patched(entry(0), &le(1)),
+        Error::BadMaskedTensor {
+            entry: 0,
+            reason: "only linear and conv2d weights can carry masks"
+        }
+    ));
+    assert!(
+        matches!(
+            patched(entry(0) + 6, &2u16.to_le_bytes()),
+            Error::BadMaskedTensor { entry: 0, .. }
+        ),
+        "element mask with a block shape"
+    );
+    assert!(
+        matches!(
+            patched(entry(1) + 6, &0u16.to_le_bytes()),
+            Error::BadMaskedTensor { entry: 1, .. }
+        ),
+        "block side 0"
+    );
     let set = |s: usize| masks + 16 + 16 * 2 + 16 * s;
     assert!(matches!(patched(set(1) + 4, &le(0)), Error::BadName { .. }));
     let rec = |s: usize, e: usize| masks + 16 + 16 * 2 + 16 * 2 + 16 * (2 * s + e);
-    assert_eq!(patched(rec(0, 0), &1000u64.to_le_bytes()), Error::MaskOnesTooLarge { set: 0, entry: 0, ones: 1000 });
-    assert!(matches!(patched(rec(1, 1) + 8, &le(9)), Error::PayloadReference { found: 9, expected: 12, .. }));
+    assert_eq!(
+        patched(rec(0, 0), &1000u64.to_le_bytes()),
+        Error::MaskOnesTooLarge {
+            set: 0,
+            entry: 0,
+            ones: 1000
+        }
+    );
+    assert!(matches!(
+        patched(rec(1, 1) + 8, &le(9)),
+        Error::PayloadReference {
+            found: 9,
+            expected: 12,
+            ..
+        }
+    ));
 
     // Verification: popcount, padding bits, duplicate names.
     let mut s = small();
     let ones = u64_at(&s, rec(0, 0));
     put(&mut s, rec(0, 0), &(ones - 1).to_le_bytes());
     fix(&mut s);
-    assert_eq!(verify(&s), Error::MaskOnesMismatch { set: 0, entry: 0, stored: ones - 1, counted: ones });
+    assert_eq!(
+        verify(&s),
+        Error::MaskOnesMismatch {
+            set: 0,
+            entry: 0,
+            stored: ones - 1,
+            counted: ones
+        }
+    );
 
     let mut s = small();
     let m = section(&s, 9).0;
@@ -265,7 +572,14 @@ fn mask_errors() {
     let ones = u64_at(&s, rec(0, 0));
     put(&mut s, rec(0, 0), &(ones + 1).to_le_bytes());
     fix(&mut s);
-    assert_eq!(verify(&s), Error::MaskPaddingBits { set: 0, entry: 0, row: 0 });
+    assert_eq!(
+        verify(&s),
+        Error::MaskPaddingBits {
+            set: 0,
+            entry: 0,
+            row: 0
+        }
+    );
 
     let mut s = small();
     let name_a = u64_at(&s, set(0));
@@ -279,7 +593,13 @@ fn mask_errors() {
     s[m] = 0b11;
     s[m + 8] = 0b01;
     fix(&mut s);
-    assert_eq!(verify(&s), Error::PackedMaskMismatch { tensor: 1, block_row: 0 });
+    assert_eq!(
+        verify(&s),
+        Error::PackedMaskMismatch {
+            tensor: 1,
+            block_row: 0
+        }
+    );
 
     // Nonzero padding in a ragged tile: fc2 is 3×4 in 2×2 tiles, so tile row 1 has a pad row.
     let mut s = small();
@@ -294,7 +614,13 @@ fn mask_errors() {
 fn metadata_and_history_errors() {
     let b = small();
     let meta = section(&b, 4).0;
-    assert!(matches!(patched(meta, &le(caps::METADATA + 1)), Error::CountTooLarge { what: "metadata entry", .. }));
+    assert!(matches!(
+        patched(meta, &le(caps::METADATA + 1)),
+        Error::CountTooLarge {
+            what: "metadata entry",
+            ..
+        }
+    ));
     assert!(matches!(patched(meta, &le(1)), Error::SectionLength { section: 4, .. }));
     let mut s = small();
     let (k0, k1) = (u64_at(&s, meta + 16), u64_at(&s, meta + 32));
@@ -302,10 +628,24 @@ fn metadata_and_history_errors() {
     put(&mut s, meta + 32, &k0.to_le_bytes());
     fix(&mut s);
     assert_eq!(parse(&s), Error::MetadataOrder { entry: 1 });
-    assert!(matches!(patched(meta + 16 + 12, &le(1 << 30)), Error::StringOutOfBounds { .. }), "value out of bounds");
+    assert!(
+        matches!(patched(meta + 16 + 12, &le(1 << 30)), Error::StringOutOfBounds { .. }),
+        "value out of bounds"
+    );
     let hist = section(&b, 5).0;
-    assert!(matches!(patched(hist, &le(caps::HISTORY + 1)), Error::CountTooLarge { what: "history entry", .. }));
-    assert_eq!(patched(hist + 16 + 4, &[1]), Error::ReservedNotZero { offset: hist as u64 + 20 });
+    assert!(matches!(
+        patched(hist, &le(caps::HISTORY + 1)),
+        Error::CountTooLarge {
+            what: "history entry",
+            ..
+        }
+    ));
+    assert_eq!(
+        patched(hist + 16 + 4, &[1]),
+        Error::ReservedNotZero {
+            offset: hist as u64 + 20
+        }
+    );
     assert!(matches!(patched(hist + 16 + 20, &le(0)), Error::BadName { .. }));
 }
 
@@ -315,7 +655,10 @@ fn truncation_at_every_byte_is_refused() {
         for len in 0..b.len() {
             match Model::parse(&b[..len]) {
                 Ok(_) => panic!("truncated to {len} bytes parsed"),
-                Err(e) => assert!(matches!(e, Error::TooShort { .. } | Error::FileLength { .. }), "len {len}: {e}"),
+                Err(e) => assert!(
+                    matches!(e, Error::TooShort { .. } | Error::FileLength { .. }),
+                    "len {len}: {e}"
+                ),
             }
         }
     }

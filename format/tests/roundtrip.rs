@@ -45,15 +45,29 @@ fn every_kind_round_trips() {
         assert_eq!(shapes[5], [80]);
         assert_eq!(shapes[6], [37]);
         let residual = m.layer(10).unwrap();
-        assert_eq!((residual.op, residual.input, residual.second_input), (Op::Add, Input::Layer(8), Some(Input::Layer(9))));
+        assert_eq!(
+            (residual.op, residual.input, residual.second_input),
+            (Op::Add, Input::Layer(8), Some(Input::Layer(9)))
+        );
         match m.layer(4).unwrap().op {
-            Op::AvgPool { window, count_include_pad } => {
-                assert_eq!((window.kernel, window.stride, window.padding, count_include_pad), ([3, 3], [1, 1], [1, 1], false))
+            Op::AvgPool {
+                window,
+                count_include_pad,
+            } => {
+                assert_eq!(
+                    (window.kernel, window.stride, window.padding, count_include_pad),
+                    ([3, 3], [1, 1], [1, 1], false)
+                )
             }
             other => panic!("layer 4 is {other:?}"),
         }
         match m.layer(1).unwrap().op {
-            Op::BatchNorm { eps, gamma: Some(_), beta: Some(_), .. } => assert_eq!(eps, 1e-5),
+            Op::BatchNorm {
+                eps,
+                gamma: Some(_),
+                beta: Some(_),
+                ..
+            } => assert_eq!(eps, 1e-5),
             other => panic!("layer 1 is {other:?}"),
         }
 
@@ -64,7 +78,12 @@ fn every_kind_round_trips() {
         assert_eq!(t("ln.weight").storage.kind(), StorageKind::Bf16);
         assert_eq!(
             t("fc2.weight").storage,
-            Storage::Seeded(SeededInit { rule: InitRule::SignedConstant, seed: 2026, stream: 9, scale: 0.25 })
+            Storage::Seeded(SeededInit {
+                rule: InitRule::SignedConstant,
+                seed: 2026,
+                stream: 9,
+                scale: 0.25
+            })
         );
         assert!(t("fc2.weight").data.is_empty());
         match t("fc1.weight").layout {
@@ -85,9 +104,12 @@ fn every_kind_round_trips() {
         let mask_sets: Vec<_> = m.mask_sets().map(|s| s.name).collect();
         assert_eq!(mask_sets, if packed { vec!["only"] } else { vec!["task-a", "task-b"] });
         assert_eq!(m.masked_tensors().collect::<Vec<_>>(), [0, 6, 9, 11]);
-        for (tensor, seed_base, kind, block) in
-            [(0u32, 1u64, MaskKind::Element, [1u16, 1u16]), (6, 2, MaskKind::Block, [4, 8]), (9, 3, MaskKind::Element, [1, 1]), (11, 4, MaskKind::Block, [3, 16])]
-        {
+        for (tensor, seed_base, kind, block) in [
+            (0u32, 1u64, MaskKind::Element, [1u16, 1u16]),
+            (6, 2, MaskKind::Block, [4, 8]),
+            (9, 3, MaskKind::Element, [1, 1]),
+            (11, 4, MaskKind::Block, [3, 16]),
+        ] {
             for s in 0..m.mask_set_count() {
                 let mask = m.mask(s, tensor).unwrap();
                 assert_eq!((mask.kind, mask.block), (kind, block));
@@ -104,14 +126,26 @@ fn every_kind_round_trips() {
                     }
                 }
                 assert_eq!(mask.ones, ones);
-                assert!(mask.as_words().is_some(), "mask words are 8-byte aligned in an aligned buffer");
+                assert!(
+                    mask.as_words().is_some(),
+                    "mask words are 8-byte aligned in an aligned buffer"
+                );
             }
         }
-        assert_eq!(m.metadata().collect::<Vec<_>>(), [("config", "{\"method\":\"edge-popup\",\"keep\":0.5}"), ("dataset", "mnist-8k")]);
+        assert_eq!(
+            m.metadata().collect::<Vec<_>>(),
+            [
+                ("config", "{\"method\":\"edge-popup\",\"keep\":0.5}"),
+                ("dataset", "mnist-8k")
+            ]
+        );
         assert_eq!(m.metadata_value("dataset"), Some("mnist-8k"));
         let h: Vec<_> = m.history().collect();
         assert_eq!(h.len(), 1);
-        assert_eq!((h[0].tool, h[0].note, h[0].unix_time, h[0].version), ("smk-format tests", "built by the test suite", 1_790_000_000, (1, 0)));
+        assert_eq!(
+            (h[0].tool, h[0].note, h[0].unix_time, h[0].version),
+            ("smk-format tests", "built by the test suite", 1_790_000_000, (1, 0))
+        );
     }
 }
 
@@ -125,7 +159,10 @@ fn every_value_round_trips_in_every_layout() {
             ("conv.weight", f32_tensor("conv.weight", &[5, 2, 3, 3], 1)),
             ("fc1.weight", f16_tensor("fc1.weight", &[37, 80], 6)),
             ("ln.weight", bf16_tensor("ln.weight", &[37], 7)),
-            ("fc2.weight", seeded("fc2.weight", &[37, 37], InitRule::SignedConstant, 9)),
+            (
+                "fc2.weight",
+                seeded("fc2.weight", &[37, 37], InitRule::SignedConstant, 9),
+            ),
             ("fc2.bias", seeded("fc2.bias", &[37], InitRule::Uniform, 10)),
             ("fc3.weight", seeded("fc3.weight", &[10, 37], InitRule::Normal, 11)),
         ];
@@ -138,7 +175,11 @@ fn every_value_round_trips_in_every_layout() {
                 for c in 0..cols {
                     let v = t.value(r, c);
                     let stored_zero = packed && name == "fc1.weight" && !mask.unwrap().keeps(r, c);
-                    let w = if stored_zero { 0.0 } else { want[(r * cols + c) as usize] };
+                    let w = if stored_zero {
+                        0.0
+                    } else {
+                        want[(r * cols + c) as usize]
+                    };
                     assert_eq!(v.to_bits(), w.to_bits(), "{name} ({r},{c}) packed={packed}");
                 }
             }
@@ -152,7 +193,10 @@ fn every_value_round_trips_in_every_layout() {
 
 #[test]
 fn same_input_gives_byte_identical_files() {
-    assert_eq!(every_kind(false).to_bytes().unwrap(), every_kind(false).to_bytes().unwrap());
+    assert_eq!(
+        every_kind(false).to_bytes().unwrap(),
+        every_kind(false).to_bytes().unwrap()
+    );
 }
 
 #[test]
@@ -173,7 +217,12 @@ fn sections_and_data_pointers_are_aligned() {
             assert_eq!(s.offset % alignment as u64, 0, "section {} offset", s.index);
         }
         for t in m.tensors().filter(|t| !t.data.is_empty()) {
-            assert_eq!(t.data.as_ptr() as usize % pointer_alignment, 0, "tensor {} data pointer", t.name);
+            assert_eq!(
+                t.data.as_ptr() as usize % pointer_alignment,
+                0,
+                "tensor {} data pointer",
+                t.name
+            );
         }
         for s in 0..m.mask_set_count() {
             for t in m.masked_tensors() {
@@ -189,7 +238,10 @@ fn sections_and_data_pointers_are_aligned() {
 #[test]
 fn writer_refuses_what_it_cannot_store() {
     let mut b = ModelBuilder::new(&[4]).unwrap();
-    assert!(b.linear("fc", f32_tensor("w", &[3, 5], 1), None).is_err(), "in-features mismatch");
+    assert!(
+        b.linear("fc", f32_tensor("w", &[3, 5], 1), None).is_err(),
+        "in-features mismatch"
+    );
     assert!(TensorSpec::f32("w", &[3, 4], vec![0.0; 11]).is_err(), "values vs dims");
     assert!(TensorSpec::f32("w", &[0, 4], vec![]).is_err(), "zero dim");
     assert!(b.alignment(100).is_err());
@@ -198,11 +250,24 @@ fn writer_refuses_what_it_cannot_store() {
     let relu = b.relu("relu").unwrap();
     let s = b.mask_set("t").unwrap();
     assert!(b.mask_set("t").is_err(), "duplicate set");
-    assert!(b.set_mask(s, relu, MaskSpec::element_bools(&[true; 12])).is_err(), "relu has no weight");
-    assert!(b.set_mask(s, fc, MaskSpec::element_bools(&[true; 11])).is_err(), "bit count");
+    assert!(
+        b.set_mask(s, relu, MaskSpec::element_bools(&[true; 12])).is_err(),
+        "relu has no weight"
+    );
+    assert!(
+        b.set_mask(s, fc, MaskSpec::element_bools(&[true; 11])).is_err(),
+        "bit count"
+    );
     assert!(b.set_mask(s, fc, MaskSpec::element_words(&[1 << 3, 0, 0])).is_ok());
-    assert!(b.set_mask(s, fc, MaskSpec::element_words(&[1 << 3, 1 << 4, 0])).is_err(), "padding bits");
-    assert!(b.set_mask(s, fc, MaskSpec::block_bools([2, 2], &[true; 4])).is_err(), "kind change");
+    assert!(
+        b.set_mask(s, fc, MaskSpec::element_words(&[1 << 3, 1 << 4, 0]))
+            .is_err(),
+        "padding bits"
+    );
+    assert!(
+        b.set_mask(s, fc, MaskSpec::block_bools([2, 2], &[true; 4])).is_err(),
+        "kind change"
+    );
     assert!(b.pack_blocks(fc).is_err(), "packing an element mask");
     let s2 = b.mask_set("u").unwrap();
     assert!(b.to_bytes().is_err(), "set u lacks fc's mask");
@@ -220,7 +285,10 @@ fn atomic_write_replaces_and_leaves_no_temporary() {
     every_kind(false).write(&path).unwrap();
     smk_format::writer::write_atomic(&path, &bytes).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -240,17 +308,39 @@ struct RandomModel {
 fn random_model() -> impl Strategy<Value = RandomModel> {
     (
         1u32..70,
-        prop::collection::vec((1u32..70, 0u8..4, 0u8..3, (1u16..9, 1u16..9).prop_map(|(a, b)| [a, b]), any::<bool>()), 1..4),
+        prop::collection::vec(
+            (
+                1u32..70,
+                0u8..4,
+                0u8..3,
+                (1u16..9, 1u16..9).prop_map(|(a, b)| [a, b]),
+                any::<bool>(),
+            ),
+            1..4,
+        ),
         1usize..4,
         prop::collection::vec(prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0], 4),
         any::<bool>(),
         prop::sample::select(vec![64u32, 128, 1024]),
         any::<u64>(),
     )
-        .prop_map(|(input, layers, tasks, densities, pack, alignment, seed)| RandomModel { input, layers, tasks, densities, pack, alignment, seed })
+        .prop_map(|(input, layers, tasks, densities, pack, alignment, seed)| RandomModel {
+            input,
+            layers,
+            tasks,
+            densities,
+            pack,
+            alignment,
+            seed,
+        })
 }
 
-fn build(r: &RandomModel) -> (ModelBuilder, Vec<(u32, TensorData, u32, u32)>, Vec<Vec<Vec<bool>>>) {
+/// Each linear layer: (layer index, weight data, out, in).
+type Weights = Vec<(u32, TensorData, u32, u32)>;
+/// Mask bits per task, per layer (empty where the layer is unmasked).
+type TaskBits = Vec<Vec<Vec<bool>>>;
+
+fn build(r: &RandomModel) -> (ModelBuilder, Weights, TaskBits) {
     let mut b = ModelBuilder::new(&[r.input]).unwrap();
     b.alignment(r.alignment).unwrap();
     let mut fan_in = r.input;
@@ -263,7 +353,12 @@ fn build(r: &RandomModel) -> (ModelBuilder, Vec<(u32, TensorData, u32, u32)>, Ve
             0 => TensorData::F32(values(seed, n)),
             1 => TensorData::F16(values(seed, n).into_iter().map(half::f16::from_f32).collect()),
             2 => TensorData::Bf16(values(seed, n).into_iter().map(half::bf16::from_f32).collect()),
-            _ => TensorData::Seeded(SeededInit { rule: InitRule::SignedConstant, seed, stream: i as u32, scale: 0.1 }),
+            _ => TensorData::Seeded(SeededInit {
+                rule: InitRule::SignedConstant,
+                seed,
+                stream: i as u32,
+                scale: 0.1,
+            }),
         };
         let w = TensorSpec::new(format!("l{i}.weight"), &[out, fan_in], data.clone()).unwrap();
         let bias = bias.then(|| f32_tensor(&format!("l{i}.bias"), &[out], seed ^ 1));
