@@ -51,8 +51,8 @@ enum Bytes {
     Small(Vec<u8>),
 }
 
-/// A .smk file mapped read-only and validated. [`MappedModel::model`] re-parses the header in
-/// place (cheap: proportional to the header), so the mapping can be shared freely.
+/// A .smk file mapped read-only and validated. [`MappedModel::model`] parses it again in place
+/// (the structure only, never the weights), so the mapping can be shared freely.
 pub struct MappedModel {
     bytes: Bytes,
     path: PathBuf,
@@ -80,10 +80,12 @@ impl MappedModel {
         let bytes = if len < crate::spec::HEADER_LEN as u64 {
             Bytes::Small(std::fs::read(&path).map_err(io)?)
         } else {
-            // SAFETY: the map is read-only and private to this process. The format's writers
-            // replace files by rename, never in place, so the mapped pages do not change under
-            // us; a file truncated by another program could still raise SIGBUS, which no safe
-            // API can prevent, and is documented in FORMAT.md.
+            // SAFETY: the map is read-only. memmap2 maps it shared, so a write to the file by
+            // another process would show through; the format's writers never write in place
+            // (they write a temporary file and rename it over the old one, leaving this mapping
+            // on the old inode), and every accessor re-checks offsets before slicing, so such a
+            // write gives wrong values, not out-of-bounds reads. Truncation by another program
+            // can still raise SIGBUS, which no safe API can prevent (see FORMAT.md §11.4).
             Bytes::Map(unsafe { Mmap::map(&file) }.map_err(io)?)
         };
         let mapped = Self { bytes, path };
@@ -100,7 +102,7 @@ impl MappedModel {
         Ok(mapped)
     }
 
-    /// The mapped bytes (page-aligned).
+    /// The mapped bytes (page-aligned, except for files shorter than the header, which are read).
     pub fn bytes(&self) -> &[u8] {
         match &self.bytes {
             Bytes::Map(m) => m,

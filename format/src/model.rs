@@ -120,7 +120,7 @@ impl<'a> BlockIndex<'a> {
     }
     /// The block column of kept block `i`.
     pub fn col(&self, i: u32) -> u32 {
-        Rec::new(self.cols, 0).u32(4 * i as usize)
+        Rec::new(self.cols, 0).u32((i as usize).saturating_mul(4))
     }
     /// The raw little-endian `row_ptr` array (`block_rows + 1` entries).
     pub fn row_ptr_bytes(&self) -> &'a [u8] {
@@ -174,7 +174,8 @@ impl<'a> Tensor<'a> {
         self.shape.matrix()
     }
 
-    /// The data as `&[f32]`, when stored as f32, aligned, on a little-endian target.
+    /// The stored data as `&[f32]` in storage order (tile order, padding included, for tile-major
+    /// and packed tensors), when stored as f32, aligned, on a little-endian target.
     pub fn as_f32(&self) -> Option<&'a [f32]> {
         if self.storage != Storage::F32 || cfg!(target_endian = "big") {
             return None;
@@ -182,7 +183,8 @@ impl<'a> Tensor<'a> {
         bytemuck::try_cast_slice(self.data).ok()
     }
 
-    /// The data as raw `&[u16]` (f16 or bf16 bits), when aligned, on a little-endian target.
+    /// The stored data as raw `&[u16]` (f16 or bf16 bits) in storage order, when aligned, on a
+    /// little-endian target.
     pub fn as_u16(&self) -> Option<&'a [u16]> {
         if !matches!(self.storage, Storage::F16 | Storage::Bf16) || cfg!(target_endian = "big") {
             return None;
@@ -206,7 +208,10 @@ impl<'a> Tensor<'a> {
     /// plain reference that kernels are tested against. Masks are not applied. Seeded tensors
     /// recompute their key on every call; use [`SeededInit`] directly in loops.
     pub fn value(&self, row: u64, col: u64) -> f32 {
-        let (_, cols) = self.matrix();
+        let (rows, cols) = self.matrix();
+        if row >= rows || col >= cols {
+            return 0.0;
+        }
         match (self.storage, self.layout) {
             (Storage::Seeded(init), _) => init.value(init.key(), cols, row, col),
             (_, Layout::RowMajor) => self.stored(row * cols + col),
@@ -236,21 +241,25 @@ impl<'a> Tensor<'a> {
         }
     }
 
-    /// The whole tensor as dense row-major f32, masks not applied.
+    /// The whole tensor as dense row-major f32, masks not applied; `None` when it does not fit
+    /// in memory (a seeded tensor may describe far more weights than its file holds bytes).
     #[cfg(feature = "alloc")]
-    pub fn to_f32_vec(&self) -> alloc::vec::Vec<f32> {
+    pub fn to_f32_vec(&self) -> Option<alloc::vec::Vec<f32>> {
         let (rows, cols) = self.matrix();
-        let mut out = alloc::vec![0f32; usize_of(rows * cols)];
+        let n = usize::try_from(rows.checked_mul(cols)?).ok()?;
+        let mut out = alloc::vec::Vec::new();
+        out.try_reserve_exact(n).ok()?;
+        out.resize(n, 0f32);
         if let Storage::Seeded(init) = self.storage {
             init.fill(usize_of(cols), &mut out);
-            return out;
+            return Some(out);
         }
         for r in 0..rows {
             for c in 0..cols {
                 out[usize_of(r * cols + c)] = self.value(r, c);
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -292,6 +301,9 @@ impl<'a> Mask<'a> {
     }
     /// Bit (`r`, `c`) of the grid.
     pub fn bit(&self, r: u64, c: u64) -> bool {
+        if r >= self.grid.0 || c >= self.grid.1 {
+            return false;
+        }
         self.word(r * self.words_per_row + c / 64) >> (c % 64) & 1 == 1
     }
     /// Whether weight (`row`, `col`) of the tensor's matrix view is kept.
@@ -406,6 +418,15 @@ fn read_section(bytes: &[u8], i: u32) -> Section {
     }
 }
 
+/// The bytes of section `s` (empty if out of range, which parsing rules out; re-checked because
+/// a mapped file can change under a parsed model).
+fn section_bytes<'a>(bytes: &'a [u8], s: &Section) -> &'a [u8] {
+    s.offset
+        .checked_add(s.length)
+        .and_then(|end| bytes.get(usize_of(s.offset)..usize_of(end)))
+        .unwrap_or(&[])
+}
+
 fn check_zero(r: &Rec<'_>, from: usize, to: usize) -> Result<(), Error> {
     match r.first_nonzero(from, to) {
         Some(offset) => Err(Error::ReservedNotZero { offset }),
@@ -461,7 +482,7 @@ impl<'a> Parser<'a> {
 
     fn structure(&self, i: u32, kind: SectionKind) -> Result<Rec<'a>, Error> {
         let s = read_section(self.bytes, i);
-        let b = &self.bytes[usize_of(s.offset)..usize_of(s.offset + s.length)];
+        let b = section_bytes(self.bytes, &s);
         let computed = crc32c(b);
         if computed != s.checksum {
             return Err(Error::SectionChecksum {
@@ -902,6 +923,14 @@ impl<'a> Model<'a> {
         // Metadata: keys sorted and unique.
         if let Some(i) = optional[1] {
             let r = p.structure(i, SectionKind::Metadata)?;
+            if r.b.len() < record::LIST_HEADER {
+                return Err(Error::SectionLength {
+                    section: i,
+                    kind: SectionKind::Metadata,
+                    length: r.b.len() as u64,
+                    expected: record::LIST_HEADER as u64,
+                });
+            }
             let n = Parser::counted(&r, "metadata entry", caps::METADATA)?;
             check_zero(&r, 4, 16)?;
             Parser::records(
@@ -928,6 +957,14 @@ impl<'a> Model<'a> {
 
         if let Some(i) = optional[2] {
             let r = p.structure(i, SectionKind::History)?;
+            if r.b.len() < record::LIST_HEADER {
+                return Err(Error::SectionLength {
+                    section: i,
+                    kind: SectionKind::History,
+                    length: r.b.len() as u64,
+                    expected: record::LIST_HEADER as u64,
+                });
+            }
             let n = Parser::counted(&r, "history entry", caps::HISTORY)?;
             check_zero(&r, 4, 16)?;
             Parser::records(
@@ -1080,7 +1117,7 @@ impl<'a> Model<'a> {
     /// unique mask set names. Reads the whole file.
     pub fn verify(&self) -> Result<(), Error> {
         for s in self.sections() {
-            let b = &self.bytes[usize_of(s.offset)..usize_of(s.offset + s.length)];
+            let b = section_bytes(self.bytes, &s);
             let computed = crc32c(b);
             if computed != s.checksum {
                 return Err(Error::SectionChecksum {
@@ -1264,7 +1301,7 @@ impl<'a> Model<'a> {
             let i = r.u32(field);
             (i < self.section_count).then(|| read_section(self.bytes, i))
         };
-        let slice = |s: Section| &self.bytes[usize_of(s.offset)..usize_of(s.offset + s.length)];
+        let slice = |s: Section| section_bytes(self.bytes, &s);
         let block = [r.u16(12), r.u16(14)];
         let layout = match LayoutKind::from_code(r.u8(9))? {
             LayoutKind::RowMajor => Layout::RowMajor,
@@ -1357,7 +1394,7 @@ impl<'a> Model<'a> {
             grid,
             words_per_row: grid.1.div_ceil(64),
             ones: r.u64(0),
-            data: &self.bytes[usize_of(s.offset)..usize_of(s.offset + s.length)],
+            data: section_bytes(self.bytes, &s),
         })
     }
     /// Metadata entries, keys ascending.

@@ -247,6 +247,7 @@ pub struct ModelBuilder {
     masks: BTreeMap<(u32, u32), Vec<u64>>,
     metadata: BTreeMap<String, String>,
     history: Vec<(u64, String, String)>,
+    next_input: Option<u32>,
 }
 
 /// Result of a builder call.
@@ -276,6 +277,7 @@ impl ModelBuilder {
             masks: BTreeMap::new(),
             metadata: BTreeMap::new(),
             history: Vec::new(),
+            next_input: None,
         })
     }
 
@@ -288,8 +290,22 @@ impl ModelBuilder {
         Ok(self)
     }
 
-    fn last(&self) -> u32 {
-        (self.layers.len() as u32).wrapping_sub(1)
+    /// The input of the next single-input layer: the previous layer's output unless
+    /// [`ModelBuilder::input_from`] said otherwise.
+    fn last(&mut self) -> u32 {
+        self.next_input
+            .take()
+            .unwrap_or((self.layers.len() as u32).wrapping_sub(1))
+    }
+
+    /// Makes the next layer read `input` instead of the previous layer's output (a branch, such
+    /// as a residual shortcut).
+    pub fn input_from(&mut self, input: Input) -> &mut Self {
+        self.next_input = Some(match input {
+            Input::Graph => NONE,
+            Input::Layer(l) => l,
+        });
+        self
     }
 
     fn shape_of(&self, input: u32) -> Result<Shape> {
@@ -330,10 +346,10 @@ impl ModelBuilder {
             return Err(invalid("too many tensors"));
         }
         let op = make(&ids);
-        let second_shape = if second == NONE {
-            None
-        } else {
+        let second_shape = if op.arity() == 2 {
             Some(self.shape_of(second)?)
+        } else {
+            None
         };
         let shape = infer_shape(&op, self.shape_of(input)?, second_shape, shapes)
             .map_err(|reason| Error::InvalidInput { reason })?;
@@ -345,7 +361,7 @@ impl ModelBuilder {
             second,
             shape,
         });
-        Ok(self.last())
+        Ok(self.layers.len() as u32 - 1)
     }
 
     /// `y = W x + b`; `weight` is `[out, in]`.
@@ -456,6 +472,7 @@ impl ModelBuilder {
 
     /// Element-wise sum of two earlier outputs (a residual connection).
     pub fn add(&mut self, name: &str, a: Input, b: Input) -> Result<u32> {
+        self.next_input = None;
         let code = |i: Input| match i {
             Input::Graph => NONE,
             Input::Layer(l) => l,
@@ -523,6 +540,9 @@ impl ModelBuilder {
         let tensor = self
             .weight_of(layer)
             .ok_or(invalid("only linear and conv2d weights can be packed"))?;
+        if matches!(self.tensors[tensor as usize].data, TensorData::Seeded(_)) {
+            return Err(invalid("seeded weights store nothing, so there are no blocks to pack"));
+        }
         match self.masked.get_mut(&tensor) {
             Some(m) if m.kind == MaskKind::Block => {
                 m.packed = true;
@@ -868,7 +888,10 @@ pub fn refresh_header_checksum(bytes: &mut [u8]) {
     let Some(count) = bytes.get(24..28).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])) else {
         return;
     };
-    let header_len = (HEADER_LEN + SECTION_ENTRY_LEN * count as usize).min(bytes.len());
+    let header_len = SECTION_ENTRY_LEN
+        .saturating_mul(count as usize)
+        .saturating_add(HEADER_LEN)
+        .min(bytes.len());
     if header_len < HEADER_LEN {
         return;
     }

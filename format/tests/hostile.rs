@@ -354,6 +354,51 @@ fn tensor_errors() {
         matches!(patched(t2 + 9, &[2]), Error::LayoutMismatch { tensor: 2, .. }),
         "packed with two mask sets"
     );
+    let mut s = small();
+    put(&mut s, t2 + 9, &[0]);
+    put(&mut s, t2 + 12, &[0, 0, 0, 0]);
+    fix(&mut s);
+    assert!(
+        matches!(parse(&s), Error::LayoutMismatch { tensor: 2, reason } if reason.contains("tile-major or packed"))
+    );
+    assert!(
+        matches!(patched(t1 + 9, &[1]), Error::LayoutMismatch { tensor: 1, .. }),
+        "seeded must say row-major"
+    );
+    assert!(matches!(
+        patched(t1 + 12, &[4]),
+        Error::BadTensorField {
+            tensor: 1,
+            field: "block",
+            ..
+        }
+    ));
+    assert_eq!(
+        patched(t1 + 36, &le(3)),
+        Error::BadTensorField {
+            tensor: 1,
+            field: "index_section",
+            value: 3
+        }
+    );
+    assert!(matches!(
+        patched(t0 + 36, &le(7)),
+        Error::BadTensorField {
+            tensor: 0,
+            field: "index_section",
+            ..
+        }
+    ));
+    assert!(matches!(
+        patched(t2 + 36, &le(8)),
+        Error::BadTensorField {
+            tensor: 2,
+            field: "index_section",
+            ..
+        }
+    ));
+    assert!(matches!(patched(t0 + 10, &[0]), Error::BadShape { .. }), "rank 0");
+    assert!(matches!(patched(t0 + 16, &le(0)), Error::BadShape { .. }), "zero dim");
     assert_eq!(
         patched(t0 + 32, &le(7)),
         Error::PayloadReference {
@@ -378,7 +423,7 @@ fn tensor_errors() {
             section: 6,
             kind: SectionKind::TensorData,
             ..
-        } | Error::LayerShape { .. }
+        }
     ));
     // A payload section of the wrong kind where a tensor's data should be.
     let mut s = small();
@@ -678,20 +723,19 @@ fn truncation_with_a_patched_length_is_refused() {
 
 #[test]
 fn every_single_bit_flip_is_caught() {
-    // Every bit of the small file: parse refuses, or verify refuses. Never a panic, never a
+    // Every bit of the small files: parse refuses, or verify refuses. Never a panic, never a
     // silently different model.
-    let b = small();
-    for byte in 0..b.len() {
-        for bit in 0..8 {
-            let mut f = b.clone();
-            f[byte] ^= 1 << bit;
-            let caught = match Model::parse(&f) {
-                Err(_) => true,
-                Ok(m) => m.verify().is_err(),
-            };
-            // Padding after the last payload cannot exist (the file ends there); padding between
-            // sections is checked; so every flip is caught.
-            assert!(caught, "flip of bit {bit} in byte {byte} went unnoticed");
+    for b in [small(), small_packed()] {
+        for byte in 0..b.len() {
+            for bit in 0..8 {
+                let mut f = b.clone();
+                f[byte] ^= 1 << bit;
+                let caught = match Model::parse(&f) {
+                    Err(_) => true,
+                    Ok(m) => m.verify().is_err(),
+                };
+                assert!(caught, "flip of bit {bit} in byte {byte} went unnoticed");
+            }
         }
     }
 }
@@ -700,7 +744,8 @@ fn every_single_bit_flip_is_caught() {
 fn random_multi_byte_corruption_never_panics() {
     let b = every_kind_bytes();
     let mut state = 0x1234_5678_9ABC_DEF0u64;
-    for _ in 0..3000 {
+    let mut parsed = 0;
+    for round in 0..3000 {
         let mut f = b.clone();
         let n = 1 + (smk_format::seeded::draw(state, 0) % 8) as usize;
         for k in 0..n {
@@ -709,7 +754,12 @@ fn random_multi_byte_corruption_never_panics() {
             f[at] = (d >> 32) as u8;
         }
         state = state.wrapping_add(1);
+        // Recompute the checksums half the time, so mutations reach the structural checks.
+        if round % 2 == 0 {
+            fix(&mut f);
+        }
         if let Ok(m) = Model::parse(&f) {
+            parsed += 1;
             let _ = m.verify();
             // Walk every view: accessors must not panic on whatever parse accepted.
             for l in m.layers() {
@@ -718,9 +768,184 @@ fn random_multi_byte_corruption_never_panics() {
             for t in m.tensors() {
                 let (rows, cols) = t.matrix();
                 let _ = t.value(rows - 1, cols - 1);
+                let _ = t.value(rows, u64::MAX);
             }
+            for set in 0..m.mask_set_count() {
+                for t in m.masked_tensors() {
+                    if let Some(mask) = m.mask(set, t) {
+                        let _ = mask.bit(mask.grid.0 - 1, mask.grid.1 - 1) || mask.bit(u64::MAX, 0);
+                    }
+                }
+            }
+            let _ = m.metadata().count() + m.history().count();
         }
     }
+    // Mutations of payload bytes parse (their checksums are checked by verify).
+    assert!(parsed > 100, "only {parsed} mutants reached the accessors");
+}
+
+#[test]
+fn every_reserved_byte_is_checked() {
+    let b = small();
+    let (graph, tensors, masks, meta, hist) = (
+        section(&b, 1).0,
+        section(&b, 2).0,
+        section(&b, 3).0,
+        section(&b, 4).0,
+        section(&b, 5).0,
+    );
+    let (l0, t0, t1) = (layer(&b, 0), tensor(&b, 0), tensor(&b, 1));
+    let entry = masks + 16;
+    let set = masks + 16 + 32;
+    let rec = masks + 16 + 32 + 32;
+    let mut spots = vec![
+        44,
+        63,
+        64 + 4,
+        64 + 28,
+        graph + 24,
+        graph + 31,
+        l0 + 21,
+        l0 + 23,
+        l0 + 88,
+        l0 + 95,
+    ];
+    spots.extend([tensors + 4, tensors + 15, t0 + 11, t0 + 60, t1 + 42, t1 + 60]);
+    spots.extend([
+        masks + 8,
+        masks + 15,
+        entry + 5,
+        entry + 10,
+        entry + 15,
+        set + 8,
+        set + 15,
+        rec + 12,
+        rec + 15,
+    ]);
+    spots.extend([meta + 4, meta + 15, hist + 4, hist + 15, hist + 16 + 4]);
+    for at in spots {
+        assert_eq!(
+            patched(at, &[0x5A]),
+            Error::ReservedNotZero { offset: at as u64 },
+            "byte {at}"
+        );
+    }
+}
+
+#[test]
+fn shape_rules_are_checked_from_bytes() {
+    // every_kind: layer 0 conv 3×3 pad 1 on [2, 9, 9]; 1 batch norm; 3 max pool 2;
+    // 6 linear; 7 layer norm; 10 add.
+    let base = every_kind(false).to_bytes().unwrap();
+    let hit = |l: usize, off: usize, v: u32| {
+        let mut s = base.clone();
+        let at = layer(&s, l) + off;
+        put(&mut s, at, &le(v));
+        fix(&mut s);
+        parse(&s)
+    };
+    let attr = |i: usize| 56 + 4 * i;
+    assert!(
+        matches!(hit(0, attr(0), 5), Error::LayerShape { layer: 0, .. }),
+        "conv kernel vs weight"
+    );
+    assert!(matches!(
+        hit(0, attr(2), 0),
+        Error::LayerShape {
+            layer: 0,
+            reason: "stride 0"
+        }
+    ));
+    assert!(matches!(
+        hit(0, attr(6), 0),
+        Error::LayerShape {
+            layer: 0,
+            reason: "dilation 0"
+        }
+    ));
+    assert!(
+        matches!(hit(0, attr(4), 0), Error::OutputShape { layer: 0, .. }),
+        "padding changes the output"
+    );
+    assert!(matches!(
+        hit(3, attr(0), 0),
+        Error::LayerShape {
+            layer: 3,
+            reason: "kernel size 0"
+        }
+    ));
+    assert!(
+        matches!(hit(3, attr(4), 2), Error::LayerShape { layer: 3, .. }),
+        "pool padding over half the kernel"
+    );
+    assert!(matches!(
+        hit(3, attr(6), 2),
+        Error::LayerShape {
+            layer: 3,
+            reason: "pooling with dilation"
+        }
+    ));
+    assert!(
+        matches!(hit(3, attr(0), 40), Error::LayerShape { layer: 3, .. }),
+        "window larger than the input"
+    );
+    assert!(
+        matches!(hit(1, attr(0), f32::NAN.to_bits()), Error::LayerShape { layer: 1, .. }),
+        "NaN eps"
+    );
+    assert!(
+        matches!(hit(7, attr(0), (-0.0f32).to_bits()), Error::LayerShape { layer: 7, .. }),
+        "-0.0 eps"
+    );
+    assert!(matches!(
+        hit(10, 16, 5),
+        Error::LayerShape {
+            layer: 10,
+            reason: "add inputs must have the same shape"
+        }
+    ));
+    assert!(
+        matches!(hit(6, 12, 4), Error::LayerShape { layer: 6, .. }),
+        "linear fed a rank-3 activation"
+    );
+}
+
+#[test]
+fn block_index_checksum_is_checked_at_open() {
+    let mut b = small_packed();
+    let idx = section(&b, 6).0;
+    b[idx + 16] ^= 1;
+    assert!(matches!(
+        parse(&b),
+        Error::SectionChecksum {
+            section: 6,
+            kind: SectionKind::BlockIndex,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_payload_section_missing_from_the_table_is_named() {
+    // small_packed with its last section (fc2's mask) cut off the table and the file.
+    let b = small_packed();
+    let count = u32_at(&b, 24) as usize;
+    let first = section(&b, 0).0;
+    let short_header = 64 + 32 * (count - 1);
+    assert_eq!(short_header.div_ceil(64) * 64, first, "the sections keep their offsets");
+    let (o, l) = section(&b, count - 2);
+    let mut s = b[..o + l].to_vec();
+    s[short_header..short_header + 32].fill(0);
+    put(&mut s, 24, &le(count as u32 - 1));
+    put(&mut s, 28, &le(short_header as u32));
+    put(&mut s, 32, &((o + l) as u64).to_le_bytes());
+    fix(&mut s);
+    assert_eq!(
+        parse(&s),
+        Error::MissingSection {
+            kind: SectionKind::MaskData
+        }
+    );
 }
 
 fn every_kind_bytes() -> Vec<u8> {
