@@ -1,0 +1,314 @@
+//! What a run is: the model, the method and every hyper-parameter, resolved from method defaults,
+//! then a TOML file, then flags (each overriding the last), and saved with the run.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataKind;
+use crate::error::{Error, Result};
+use crate::optim::OptimizerKind;
+
+/// The training method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodKind {
+    /// Ordinary training of all weights: the baseline, and how pretrained models are made.
+    Dense,
+    /// Real-valued mask over frozen pretrained weights, thresholded (Mallya et al.).
+    Piggyback,
+    /// Top-k of |scores| per layer over frozen (seeded) weights (Ramanujan et al.).
+    EdgePopup,
+    /// Edge-popup with one score per R×C block (Lagunas et al.).
+    Block,
+    /// Weights and scores train; top-k of the movement scores, cubic schedule (Sanh et al.).
+    MovementHard,
+    /// Weights and scores train; sigmoid threshold with an L1 penalty (Sanh et al.).
+    MovementSoft,
+}
+
+impl MethodKind {
+    /// Whether the weights train.
+    pub fn trains_weights(self) -> bool {
+        matches!(self, Self::Dense | Self::MovementHard | Self::MovementSoft)
+    }
+    /// Whether layers carry masks.
+    pub fn masks(self) -> bool {
+        self != Self::Dense
+    }
+    /// The method's id.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Piggyback => "piggyback",
+            Self::EdgePopup => "edge-popup",
+            Self::Block => "block",
+            Self::MovementHard => "movement-hard",
+            Self::MovementSoft => "movement-soft",
+        }
+    }
+}
+
+/// How frozen (or initial) weights are drawn from the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightInit {
+    /// ±gain/√fan_in (edge-popup's signed Kaiming constant): ~1 bit per weight on export.
+    SignedConstant,
+    /// Uniform on ±gain·√(3/fan_in).
+    KaimingUniform,
+    /// Normal with std gain/√fan_in.
+    KaimingNormal,
+}
+
+impl WeightInit {
+    /// The smk-format rule.
+    pub fn rule(self) -> smk_format::InitRule {
+        match self {
+            Self::SignedConstant => smk_format::InitRule::SignedConstant,
+            Self::KaimingUniform => smk_format::InitRule::Uniform,
+            Self::KaimingNormal => smk_format::InitRule::Normal,
+        }
+    }
+}
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine annealing to zero over the run.
+    Cosine,
+    /// Constant.
+    Constant,
+}
+
+/// A fully resolved run configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitConfig {
+    /// Model id (`lenet-300-100`, `fc-1024-1024`, `lenet-5`, `conv-2`, `conv-4`, `conv-6`, `resnet-8`).
+    pub model: String,
+    /// Method.
+    pub method: MethodKind,
+    /// Fraction of weights kept by top-k methods (1 − sparsity).
+    pub keep: f64,
+    /// Block shape `[R, C]` for `block`.
+    pub block: [usize; 2],
+    /// Seeded weight rule when not loading weights.
+    pub weights: WeightInit,
+    /// Edge-popup's "scale fan": divide the signed constant by √keep as well.
+    pub scale_fan: bool,
+    /// Load weights from a safetensors file or a run directory.
+    pub init_from: Option<PathBuf>,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Data format.
+    pub data_kind: DataKind,
+    /// Task family (`permuted:N`, `rotated:N`, `split:N`), if any.
+    pub task: Option<String>,
+    /// Which task of the family.
+    pub task_index: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay (on scores too).
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// `cpu` or `cuda[:N]`.
+    pub device: String,
+    /// Piggyback's threshold; movement-soft's final sigmoid threshold.
+    pub threshold: f32,
+    /// Initial value of real-valued masks or scores (Piggyback 1e-2; movement 0).
+    pub mask_init: f32,
+    /// Movement-soft's L1 penalty on sigmoid(scores).
+    pub lambda: f64,
+    /// Movement pruning: epochs at full density before the cubic schedule starts.
+    pub warmup_epochs: usize,
+    /// Movement pruning: epochs at the final density after the schedule ends.
+    pub cooldown_epochs: usize,
+    /// A dense run to distil from (movement pruning).
+    pub teacher: Option<PathBuf>,
+    /// Weight of the distillation term.
+    pub alpha: f64,
+    /// Distillation temperature.
+    pub temperature: f64,
+    /// Piggyback: train the last layer's weights (unmasked) too.
+    pub train_head: bool,
+}
+
+impl FitConfig {
+    /// The defaults of `method` (from the papers, scaled to MNIST-sized runs).
+    pub fn defaults(method: MethodKind) -> Self {
+        let mut c = Self {
+            model: "lenet-300-100".into(),
+            method,
+            keep: 0.5,
+            block: [4, 4],
+            weights: WeightInit::SignedConstant,
+            scale_fan: false,
+            init_from: None,
+            data: crate::data::default_data_dir(),
+            data_kind: DataKind::Mnist,
+            task: None,
+            task_index: 0,
+            epochs: 10,
+            batch_size: 128,
+            lr: 0.1,
+            optimizer: OptimizerKind::Sgd,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            schedule: Schedule::Cosine,
+            seed: 0,
+            device: "cpu".into(),
+            threshold: 5e-3,
+            mask_init: 1e-2,
+            lambda: 1.0,
+            warmup_epochs: 1,
+            cooldown_epochs: 1,
+            teacher: None,
+            alpha: 0.5,
+            temperature: 2.0,
+            train_head: false,
+        };
+        match method {
+            MethodKind::Dense => {
+                c.keep = 1.0;
+                c.weights = WeightInit::KaimingNormal;
+                c.lr = 0.05;
+                c.weight_decay = 5e-4;
+            }
+            MethodKind::Piggyback => {
+                c.optimizer = OptimizerKind::Adam;
+                c.lr = 1e-4;
+                c.weight_decay = 0.0;
+                c.schedule = Schedule::Constant;
+            }
+            MethodKind::EdgePopup | MethodKind::Block => {}
+            MethodKind::MovementHard | MethodKind::MovementSoft => {
+                c.weights = WeightInit::KaimingNormal;
+                c.optimizer = OptimizerKind::Adam;
+                c.lr = 1e-3;
+                c.weight_decay = 0.0;
+                c.schedule = Schedule::Constant;
+                c.mask_init = 0.0;
+                if method == MethodKind::MovementSoft {
+                    c.threshold = 0.5;
+                    c.lambda = 1e-2;
+                }
+            }
+        }
+        c
+    }
+
+    /// Checks settings that cannot work together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(0.0..=1.0).contains(&self.keep) || (self.keep == 0.0 && self.method.masks()) {
+            return bad(format!("--keep {} must be in (0, 1]", self.keep));
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("--epochs and --batch-size must be at least 1".into());
+        }
+        if self.block.contains(&0) {
+            return bad("--block sides must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {} must be positive", self.lr));
+        }
+        if self.method == MethodKind::Piggyback && self.init_from.is_none() {
+            return bad(
+                "piggyback learns a mask over pretrained weights: give --init-from (a dense run or a safetensors file)"
+                    .into(),
+            );
+        }
+        if self.method == MethodKind::Dense && self.keep != 1.0 {
+            return bad("dense trains every weight: --keep applies to masking methods".into());
+        }
+        if self.warmup_epochs + self.cooldown_epochs > self.epochs
+            && matches!(self.method, MethodKind::MovementHard | MethodKind::MovementSoft)
+        {
+            return bad(format!(
+                "movement pruning needs more epochs ({}) than warm-up ({}) plus cool-down ({})",
+                self.epochs, self.warmup_epochs, self.cooldown_epochs
+            ));
+        }
+        if let Some(t) = &self.task {
+            let family: crate::data::TaskFamily = t.parse().map_err(Error::Config)?;
+            if self.task_index >= family.count() {
+                return bad(format!("--task-index {} is out of range for {t}", self.task_index));
+            }
+        }
+        crate::model::ModelId::parse(&self.model)?;
+        Ok(())
+    }
+
+    /// The fraction kept at `epoch` (0-based) and `progress` ∈ [0, 1) through it: constant for
+    /// most methods; for movement-hard the cubic schedule of Zhu & Gupta from 1 to `keep`.
+    pub fn keep_at(&self, epoch: usize, progress: f64) -> f64 {
+        if self.method != MethodKind::MovementHard {
+            return self.keep;
+        }
+        self.keep + (1.0 - self.keep) * (1.0 - self.schedule_fraction(epoch, progress)).powi(3)
+    }
+
+    /// Movement-soft's sigmoid threshold: cubic from 0 to `threshold`.
+    pub fn threshold_at(&self, epoch: usize, progress: f64) -> f32 {
+        let f = 1.0 - (1.0 - self.schedule_fraction(epoch, progress)).powi(3);
+        (self.threshold as f64 * f) as f32
+    }
+
+    fn schedule_fraction(&self, epoch: usize, progress: f64) -> f64 {
+        let span = self
+            .epochs
+            .saturating_sub(self.warmup_epochs + self.cooldown_epochs)
+            .max(1) as f64;
+        ((epoch as f64 + progress - self.warmup_epochs as f64) / span).clamp(0.0, 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_toml() {
+        let c = FitConfig::defaults(MethodKind::EdgePopup);
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<FitConfig>(&text).unwrap(), c);
+        assert!(toml::from_str::<FitConfig>(&format!("{text}\nbogus = 1")).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = FitConfig::defaults(MethodKind::EdgePopup);
+        c.keep = 1.5;
+        assert!(c.validate().unwrap_err().to_string().contains("--keep"));
+        let c = FitConfig::defaults(MethodKind::Piggyback);
+        assert!(c.validate().unwrap_err().to_string().contains("--init-from"));
+        let mut c = FitConfig::defaults(MethodKind::EdgePopup);
+        c.model = "vgg".into();
+        assert!(c.validate().unwrap_err().to_string().contains("vgg"));
+    }
+
+    #[test]
+    fn cubic_schedule_runs_from_dense_to_keep() {
+        let mut c = FitConfig::defaults(MethodKind::MovementHard);
+        c.epochs = 10;
+        c.keep = 0.1;
+        assert_eq!(c.keep_at(0, 0.5), 1.0, "warm-up");
+        assert!((c.keep_at(9, 0.0) - 0.1).abs() < 1e-12, "cool-down");
+        let mid = c.keep_at(5, 0.0);
+        assert!(mid > 0.1 && mid < 1.0);
+        assert!(c.keep_at(3, 0.0) > c.keep_at(4, 0.0));
+    }
+}

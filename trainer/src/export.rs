@@ -1,0 +1,189 @@
+//! `trainer export`: a run's final masks and weights as one .smk file.
+//!
+//! Frozen seeded weights are stored as their seed only; trained or loaded weights are stored in
+//! the requested precision. Masks are the hard masks of the final rule, bit-packed (block masks
+//! for the `block` method, whose weights are then tile-major). Nothing time-dependent is written,
+//! so a run exports to the same bytes every time.
+
+use std::path::Path;
+
+use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
+use smk_format::{Input, Op, Window2d};
+
+use crate::error::{Error, Result};
+use crate::model::{MaskedLayer, Net, Node};
+use crate::train::{densities, final_rule, Run};
+
+/// Precision of stored weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsDtype {
+    /// binary32.
+    F32,
+    /// binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+fn stored(name: String, dims: &[usize], values: Vec<f32>, dtype: WeightsDtype) -> Result<TensorSpec> {
+    let dims: Vec<u32> = dims.iter().map(|&d| d as u32).collect();
+    let data = match dtype {
+        WeightsDtype::F32 => TensorData::F32(values),
+        WeightsDtype::F16 => TensorData::F16(values.into_iter().map(half::f16::from_f32).collect()),
+        WeightsDtype::Bf16 => TensorData::Bf16(values.into_iter().map(half::bf16::from_f32).collect()),
+    };
+    Ok(TensorSpec::new(name, &dims, data)?)
+}
+
+fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
+    let name = format!("{}.weight", l.name);
+    let dims: Vec<u32> = l.dims.iter().map(|&d| d as u32).collect();
+    match (l.seeded, &l.weight_var) {
+        (Some(init), None) => Ok(TensorSpec::seeded(name, &dims, init)?),
+        (_, Some(v)) => stored(name, &l.dims, v.as_tensor().flatten_all()?.to_vec1()?, dtype),
+        (None, None) => stored(name, &l.dims, l.weight.flatten_all()?.to_vec1()?, dtype),
+    }
+}
+
+/// Builds the .smk bytes of a trained network.
+pub fn to_smk(net: &Net, run: &Run, dtype: WeightsDtype) -> Result<Vec<u8>> {
+    let cfg = &run.cfg;
+    let rule = final_rule(cfg);
+    let [c, h, w] = net.input;
+    let mut b = ModelBuilder::new(&[c as u32, h as u32, w as u32])?;
+    let task = cfg
+        .task
+        .as_ref()
+        .map_or("default".to_string(), |t| format!("{t}#{}", cfg.task_index));
+    let set = if cfg.method.masks() {
+        Some(b.mask_set(&task)?)
+    } else {
+        None
+    };
+    let mut smk_layer = Vec::with_capacity(net.nodes.len());
+    for (i, node) in net.nodes.iter().enumerate() {
+        if let Some(j) = net.inputs[i] {
+            b.input_from(Input::Layer(smk_layer[j]));
+        }
+        let name = format!("n{i}");
+        let id = match *node {
+            Node::Flatten => b.flatten(&name)?,
+            Node::Relu => b.relu(&name)?,
+            Node::MaxPool(k) => b.op(&name, Op::MaxPool(Window2d::pool(k as u32)))?,
+            Node::AvgPool(k) => b.op(
+                &name,
+                Op::AvgPool {
+                    window: Window2d::pool(k as u32),
+                    count_include_pad: true,
+                },
+            )?,
+            Node::Linear(l) => b.linear(&net.layers[l].name, weight_spec(&net.layers[l], dtype)?, None)?,
+            Node::Conv { layer, stride, padding } => {
+                let l = &net.layers[layer];
+                let k = l.dims[2] as u32;
+                let window = Window2d {
+                    kernel: [k, k],
+                    stride: [stride as u32; 2],
+                    padding: [padding as u32; 2],
+                    dilation: [1, 1],
+                };
+                b.conv2d(&l.name, weight_spec(l, dtype)?, None, window)?
+            }
+            Node::Norm(n) => {
+                let nm = &net.norms[n];
+                let vec = |suffix: &str, t: &candle_core::Tensor| -> Result<TensorSpec> {
+                    Ok(TensorSpec::f32(
+                        format!("{}.{suffix}", nm.name),
+                        &[nm.channels as u32],
+                        t.to_vec1()?,
+                    )?)
+                };
+                let (gamma, beta) = match &nm.affine {
+                    Some((g, bb)) => (Some(vec("weight", g.as_tensor())?), Some(vec("bias", bb.as_tensor())?)),
+                    None => (None, None),
+                };
+                b.batch_norm(
+                    &nm.name,
+                    vec("running_mean", &nm.running_mean)?,
+                    vec("running_var", &nm.running_var)?,
+                    gamma,
+                    beta,
+                    nm.eps as f32,
+                )?
+            }
+            Node::Add(x, y) => b.add(&name, Input::Layer(smk_layer[x]), Input::Layer(smk_layer[y]))?,
+        };
+        if let (Some(set), Node::Linear(l) | Node::Conv { layer: l, .. }) = (set, *node) {
+            let layer = &net.layers[l];
+            if let Some(grid) = layer.hard_mask_grid(rule)? {
+                let bits: Vec<bool> = grid
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(|v| v != 0.0)
+                    .collect();
+                let spec = match layer.block {
+                    Some(bl) => MaskSpec::block_bools([bl[0] as u16, bl[1] as u16], &bits),
+                    None => MaskSpec::element_bools(&bits),
+                };
+                b.set_mask(set, id, spec)?;
+            }
+        }
+        smk_layer.push(id);
+    }
+    b.op("softmax", Op::Softmax)?;
+
+    let config = serde_json::to_string(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    b.metadata("config", &config)?;
+    b.metadata("method", cfg.method.id())?;
+    b.metadata("model", &cfg.model)?;
+    let data = serde_json::json!({ "kind": cfg.data_kind, "task": cfg.task, "task_index": cfg.task_index });
+    b.metadata("dataset", &data.to_string())?;
+    let (per_layer, overall) = densities(net, rule)?;
+    b.metadata(
+        "density",
+        &serde_json::json!({ "overall": overall, "layers": per_layer }).to_string(),
+    )?;
+    if let Some(m) = run.metrics()?.last() {
+        // Time-free fields only, so the bytes depend on the run alone.
+        let metrics = serde_json::json!({
+            "epoch": m.epoch, "test_accuracy": m.test_accuracy, "test_loss": m.test_loss,
+            "train_accuracy": m.train_accuracy, "train_loss": m.train_loss,
+        });
+        b.metadata("metrics", &metrics.to_string())?;
+    }
+    b.history(
+        concat!("smk-trainer ", env!("CARGO_PKG_VERSION")),
+        &format!("trainer export ({} {})", cfg.method.id(), cfg.model),
+        0,
+    )?;
+    Ok(b.to_bytes()?)
+}
+
+/// `trainer export RUN_DIR --out FILE`.
+pub fn export(run_dir: &Path, out: &Path, dtype: WeightsDtype) -> Result<ExportSummary> {
+    let run = Run::open(run_dir)?;
+    let (net, _) = run.load_net(&candle_core::Device::Cpu)?;
+    let bytes = to_smk(&net, &run, dtype)?;
+    smk_format::writer::write_atomic(out, &bytes).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let weights: usize = net.layers.iter().map(|l| l.dims.iter().product::<usize>()).sum();
+    Ok(ExportSummary {
+        bytes: bytes.len(),
+        weights,
+        bits_per_weight: bytes.len() as f64 * 8.0 / weights as f64,
+    })
+}
+
+/// What an export wrote.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ExportSummary {
+    /// File size.
+    pub bytes: usize,
+    /// Linear and conv weights in the model.
+    pub weights: usize,
+    /// File bits per weight.
+    pub bits_per_weight: f64,
+}

@@ -1,0 +1,20 @@
+//! smk-trainer: learns supermasks over frozen weights with candle, and exports them to .smk.
+//!
+//! - [`model`]: masked layers (frozen weights as plain tensors, scores as variables) and the
+//!   model zoo.
+//! - [`mask`]: binarising scores with the straight-through estimator; exact top-k.
+//! - [`config`]: methods and their defaults; [`optim`]: SGD, RMSprop and Adam with state.
+//! - [`data`]: IDX and CIFAR-10 loaders, task families; [`rng`]: the seeded generator.
+//! - [`train`]: fit, eval, checkpoints and resume; [`export`]: .smk export.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod export;
+pub mod mask;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod train;
+
+pub use error::{Error, Result};

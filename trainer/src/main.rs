@@ -1,0 +1,361 @@
+//! The `trainer` command: fit, eval and export supermasks.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use smk_trainer::config::{FitConfig, MethodKind, Schedule, WeightInit};
+use smk_trainer::data::DataKind;
+use smk_trainer::export::WeightsDtype;
+use smk_trainer::optim::OptimizerKind;
+use smk_trainer::train::{self, FitOptions, Run};
+use smk_trainer::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trainer",
+    version,
+    about = "Learn supermasks over frozen weights, and export them to .smk"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a run: masks (and, for some methods, weights) on a data set.
+    Fit(Box<FitArgs>),
+    /// Evaluate a run's checkpoint on the test split.
+    Eval {
+        /// The run directory.
+        run: PathBuf,
+        /// Data directory (default: the one the run trained on).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a run's model and masks as one .smk file.
+    Export {
+        /// The run directory.
+        run: PathBuf,
+        /// The .smk file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Precision of stored (non-seeded) weights.
+        #[arg(long, value_enum, default_value = "f32")]
+        weights_dtype: WeightsDtype,
+    },
+}
+
+/// Every flag of `fit`. Unset flags fall back to the `--config` file, then to the method's
+/// defaults (`trainer fit --method M --help` lists them).
+#[derive(Args, Debug, Default)]
+struct FitArgs {
+    /// Model: lenet-300-100, fc-1024-1024, lenet-5, conv-2, conv-4, conv-6, resnet-8.
+    #[arg(long)]
+    model: Option<String>,
+    /// Method.
+    #[arg(long, value_enum)]
+    method: Option<MethodKind>,
+    /// Fraction of weights kept per layer (top-k methods).
+    #[arg(long, conflicts_with = "sparsity")]
+    keep: Option<f64>,
+    /// Fraction of weights removed per layer (= 1 − keep).
+    #[arg(long)]
+    sparsity: Option<f64>,
+    /// Block shape for `block`, as RxC (e.g. 4x4, 16x16).
+    #[arg(long, value_parser = parse_block)]
+    block: Option<[usize; 2]>,
+    /// Rule of seeded weights (frozen for edge-popup and block; the initial weights otherwise).
+    #[arg(long, value_enum, conflicts_with = "init_from")]
+    weights: Option<WeightInit>,
+    /// Scale the signed constant by fan-in × keep (edge-popup's "scale fan").
+    #[arg(long)]
+    scale_fan: bool,
+    /// Start from weights in a safetensors file (PyTorch-style names: fc1.weight, conv1.weight) or a run directory.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Data directory (default: the bundled 8,000 MNIST digits in data/).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Data format.
+    #[arg(long, value_enum)]
+    data_kind: Option<DataKind>,
+    /// Task family: permuted:N, rotated:N or split:N.
+    #[arg(long)]
+    task: Option<String>,
+    /// Which task of the family, from 0.
+    #[arg(long)]
+    task_index: Option<usize>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Examples per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Optimizer.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// SGD momentum.
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// L2 weight decay (applies to scores too).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// Seed of every random draw: the same seed gives the same run on the CPU.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Piggyback's mask threshold; movement-soft's final sigmoid threshold.
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Initial real-valued mask / score value (piggyback, movement).
+    #[arg(long)]
+    mask_init: Option<f32>,
+    /// Movement-soft's L1 penalty on sigmoid(scores).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Movement pruning: dense epochs before the cubic schedule.
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Movement pruning: epochs at the final density after it.
+    #[arg(long)]
+    cooldown_epochs: Option<usize>,
+    /// A dense run to distil from.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Weight of the distillation loss.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Distillation temperature.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Piggyback: train the last layer (unmasked) as well.
+    #[arg(long)]
+    train_head: bool,
+    /// TOML file of settings (the keys of config.toml in a run directory); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The run directory to create (or continue, with --resume).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// No progress output.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_block(s: &str) -> std::result::Result<[usize; 2], String> {
+    let (r, c) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("block '{s}' must look like 4x4"))?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("bad block side '{v}'"))
+    };
+    Ok([side(r)?, side(c)?])
+}
+
+/// Method defaults, then the config file, then flags.
+fn resolve(a: &FitArgs) -> Result<FitConfig> {
+    let file: toml::Table = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
+                path: p.clone(),
+                source,
+            })?;
+            text.parse()
+                .map_err(|e: toml::de::Error| Error::data(p, e.to_string()))?
+        }
+        None => toml::Table::new(),
+    };
+    let method = match (a.method, file.get("method")) {
+        (Some(m), _) => m,
+        (None, Some(v)) => v
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("config method: {e}")))?,
+        (None, None) => MethodKind::EdgePopup,
+    };
+    let mut table = toml::Table::try_from(FitConfig::defaults(method)).map_err(|e| Error::Config(e.to_string()))?;
+    for (k, v) in file {
+        table.insert(k, v);
+    }
+    let mut set = |k: &str, v: Option<toml::Value>| {
+        if let Some(v) = v {
+            table.insert(k.to_string(), v);
+        }
+    };
+    let s = |v: &Option<String>| v.clone().map(toml::Value::String);
+    let p = |v: &Option<PathBuf>| v.as_ref().map(|p| toml::Value::String(p.display().to_string()));
+    let f = |v: Option<f64>| v.map(toml::Value::Float);
+    let i = |v: Option<usize>| v.map(|x| toml::Value::Integer(x as i64));
+    let e = |v: Option<toml::Value>| v;
+    let ser = |v: &dyn erased::Ser| v.value();
+    set("model", s(&a.model));
+    set("method", Some(ser(&method)));
+    set("keep", f(a.keep.or(a.sparsity.map(|s| 1.0 - s))));
+    set(
+        "block",
+        a.block
+            .map(|b| toml::Value::Array(b.iter().map(|&x| toml::Value::Integer(x as i64)).collect())),
+    );
+    set("weights", a.weights.as_ref().map(|w| ser(w)));
+    set("scale_fan", a.scale_fan.then_some(toml::Value::Boolean(true)));
+    set("init_from", p(&a.init_from));
+    set("data", p(&a.data));
+    set("data_kind", a.data_kind.as_ref().map(|d| ser(d)));
+    set("task", s(&a.task));
+    set("task_index", i(a.task_index));
+    set("epochs", i(a.epochs));
+    set("batch_size", i(a.batch_size));
+    set("lr", f(a.lr));
+    set("optimizer", a.optimizer.as_ref().map(|o| ser(o)));
+    set("momentum", f(a.momentum));
+    set("weight_decay", f(a.weight_decay));
+    set("schedule", a.schedule.as_ref().map(|o| ser(o)));
+    set("seed", a.seed.map(|x| toml::Value::Integer(x as i64)));
+    set("device", s(&a.device));
+    set("threshold", f(a.threshold.map(|x| x as f64)));
+    set("mask_init", f(a.mask_init.map(|x| x as f64)));
+    set("lambda", f(a.lambda));
+    set("warmup_epochs", i(a.warmup_epochs));
+    set("cooldown_epochs", i(a.cooldown_epochs));
+    set("teacher", p(&a.teacher));
+    set("alpha", f(a.alpha));
+    set("temperature", f(a.temperature));
+    set("train_head", e(a.train_head.then_some(toml::Value::Boolean(true))));
+    let cfg: FitConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Config(format!("configuration: {e}")))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Serialising clap value enums to TOML values without naming each type.
+mod erased {
+    pub trait Ser {
+        fn value(&self) -> toml::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> toml::Value {
+            toml::Value::try_from(self).unwrap_or(toml::Value::String(String::new()))
+        }
+    }
+}
+
+fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
+    let mut run = Run::open(run_dir)?;
+    if let Some(d) = data {
+        run.cfg.data = d;
+    }
+    let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
+    let (mut net, test) = run.load_net(&device)?;
+    let rule = train::final_rule(&run.cfg);
+    let e = train::evaluate(&mut net, &test, rule, &device)?;
+    let (density, overall) = train::densities(&net, rule)?;
+    if json {
+        let per_class: Vec<_> = e
+            .per_class
+            .iter()
+            .enumerate()
+            .map(|(c, &(ok, n))| serde_json::json!({ "class": c, "correct": ok, "total": n, "accuracy": ok as f64 / n.max(1) as f64 }))
+            .collect();
+        let out = serde_json::json!({
+            "schema": train::SCHEMA, "run": run_dir, "accuracy": e.accuracy, "loss": e.loss, "examples": e.examples,
+            "per_class": per_class, "density": { "overall": overall, "layers": density },
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "{}: {} {} on {} test examples",
+            run_dir.display(),
+            run.cfg.method.id(),
+            run.cfg.model,
+            e.examples
+        );
+        println!(
+            "accuracy {:.2}%   loss {:.4}   weights kept {:.3}",
+            100.0 * e.accuracy,
+            e.loss,
+            overall
+        );
+        for (c, &(ok, n)) in e.per_class.iter().enumerate() {
+            println!("  class {c}: {ok}/{n} ({:.1}%)", 100.0 * ok as f64 / n.max(1) as f64);
+        }
+    }
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Fit(a) => {
+            let cfg = if a.resume {
+                FitConfig {
+                    epochs: a.epochs.unwrap_or(0),
+                    ..FitConfig::defaults(MethodKind::Dense)
+                }
+            } else {
+                resolve(&a)?
+            };
+            let opts = FitOptions {
+                resume: a.resume,
+                quiet: a.quiet,
+                stop_after: None,
+            };
+            let m = train::fit(&a.out, cfg, opts)?;
+            if let Some(last) = m.last() {
+                println!(
+                    "{}: test accuracy {:.2}% after {} epochs, weights kept {:.3}",
+                    a.out.display(),
+                    100.0 * last.test_accuracy,
+                    last.epoch,
+                    last.overall_density
+                );
+            }
+            Ok(())
+        }
+        Command::Eval { run, data, json } => eval(&run, data, json),
+        Command::Export {
+            run,
+            out,
+            weights_dtype,
+        } => {
+            let s = smk_trainer::export::export(&run, &out, weights_dtype)?;
+            println!(
+                "{}: {} bytes, {} weights, {:.2} bits per weight",
+                out.display(),
+                s.bytes,
+                s.weights,
+                s.bits_per_weight
+            );
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Binarising scores into masks, with the straight-through estimator.
+
+use candle_core::{Result, Tensor};
+
+/// How a layer's scores become its mask.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Binarize {
+    /// Keep the `keep` fraction with the largest scores (of `|s|` when `abs`), exactly:
+    /// `n − floor((1 − keep)·n)` entries, ties broken by lower index.
+    TopK {
+        /// Fraction kept.
+        keep: f64,
+        /// Rank by magnitude (edge-popup) rather than by signed value (movement).
+        abs: bool,
+    },
+    /// Keep entries whose score exceeds the threshold (Piggyback).
+    Threshold(f32),
+    /// Keep entries whose sigmoid exceeds the threshold (soft movement pruning).
+    Sigmoid(f32),
+}
+
+/// Number of entries kept out of `n` at fraction `keep`.
+pub fn kept_count(n: usize, keep: f64) -> usize {
+    let pruned = ((1.0 - keep.clamp(0.0, 1.0)) * n as f64).floor() as usize;
+    n - pruned.min(n)
+}
+
+/// The 0/1 top-k mask of `values` (host side: exact, any size, any device).
+pub fn topk_mask(values: &[f32], keep: f64, abs: bool) -> Vec<f32> {
+    let n = values.len();
+    let k = kept_count(n, keep);
+    let mut out = vec![0f32; n];
+    if k == 0 {
+        return out;
+    }
+    let key = |i: usize| if abs { values[i].abs() } else { values[i] };
+    let mut idx: Vec<usize> = (0..n).collect();
+    if k < n {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    }
+    for &i in &idx[..k] {
+        out[i] = 1.0;
+    }
+    out
+}
+
+/// The hard 0/1 mask of `scores` (no gradient).
+pub fn hard_mask(scores: &Tensor, rule: Binarize) -> Result<Tensor> {
+    match rule {
+        Binarize::TopK { keep, abs } => {
+            let values: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+            Tensor::from_vec(topk_mask(&values, keep, abs), scores.shape(), scores.device())
+        }
+        Binarize::Threshold(t) => scores.gt(t as f64)?.to_dtype(scores.dtype()),
+        Binarize::Sigmoid(t) => {
+            if t <= 0.0 {
+                return scores.ones_like();
+            }
+            if t >= 1.0 {
+                return scores.zeros_like();
+            }
+            // sigmoid(s) > t  ⇔  s > logit(t)
+            let logit = (t as f64 / (1.0 - t as f64)).ln();
+            scores.gt(logit)?.to_dtype(scores.dtype())
+        }
+    }
+}
+
+/// The mask with a straight-through gradient: the forward value is exactly the hard mask
+/// (`s − s.detach()` is computed first and is exactly zero), the backward passes the gradient to
+/// `scores` unchanged.
+pub fn ste_mask(scores: &Tensor, rule: Binarize) -> Result<Tensor> {
+    let hard = hard_mask(&scores.detach(), rule)?;
+    let pass = (scores - scores.detach())?;
+    hard + pass
+}
+
+/// Expands a `[gr, gc]` block mask to the `[rows, cols]` matrix it covers (ragged edges cut).
+pub fn expand_blocks(mask: &Tensor, block: [usize; 2], rows: usize, cols: usize) -> Result<Tensor> {
+    let (gr, gc) = mask.dims2()?;
+    mask.reshape((gr, 1, gc, 1))?
+        .broadcast_as((gr, block[0], gc, block[1]))?
+        .reshape((gr * block[0], gc * block[1]))?
+        .narrow(0, 0, rows)?
+        .narrow(1, 0, cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn topk_density_is_exact_and_ties_break_by_index() {
+        for n in [1usize, 7, 100, 1001] {
+            let values: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            for keep in [0.0, 0.1, 0.5, 0.93, 1.0] {
+                let m = topk_mask(&values, keep, true);
+                assert_eq!(
+                    m.iter().filter(|&&v| v == 1.0).count(),
+                    kept_count(n, keep),
+                    "n {n} keep {keep}"
+                );
+                // Every kept |value| ≥ every dropped one.
+                let kept_min = (0..n)
+                    .filter(|&i| m[i] == 1.0)
+                    .map(|i| values[i].abs())
+                    .fold(f32::INFINITY, f32::min);
+                let drop_max = (0..n)
+                    .filter(|&i| m[i] == 0.0)
+                    .map(|i| values[i].abs())
+                    .fold(f32::NEG_INFINITY, f32::max);
+                assert!(kept_min >= drop_max);
+            }
+        }
+        assert_eq!(topk_mask(&[0.0; 4], 0.5, false), [1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(topk_mask(&[-3.0, 1.0, 2.0], 1.0 / 3.0, false), [0.0, 0.0, 1.0]);
+        assert_eq!(topk_mask(&[-3.0, 1.0, 2.0], 1.0 / 3.0, true), [1.0, 0.0, 0.0]);
+        assert_eq!(kept_count(10, 0.5), 5);
+        assert_eq!(kept_count(10, 0.05), 1);
+    }
+
+    #[test]
+    fn ste_forward_is_the_hard_mask_and_gradient_passes_through() {
+        let dev = Device::Cpu;
+        let s = Var::new(&[[0.3f32, -0.9, 0.01], [2.0, -0.2, 0.6]], &dev).unwrap();
+        let w = Tensor::new(&[[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev).unwrap();
+        let x = Tensor::new(&[[1.0f32], [-1.0], [0.5]], &dev).unwrap();
+        for rule in [
+            Binarize::TopK { keep: 0.5, abs: true },
+            Binarize::Threshold(0.005),
+            Binarize::Sigmoid(0.55),
+        ] {
+            let m = ste_mask(s.as_tensor(), rule).unwrap();
+            let hard = hard_mask(s.as_tensor(), rule).unwrap();
+            assert_eq!(m.to_vec2::<f32>().unwrap(), hard.to_vec2::<f32>().unwrap(), "{rule:?}");
+            // y = (w ⊙ m) x ; dL/ds_ij = dL/dy_i · w_ij · x_j with L = Σ y.
+            let y = (&w * &m).unwrap().matmul(&x).unwrap().sum_all().unwrap();
+            let g = y.backward().unwrap();
+            let gs = g.get(s.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+            let xs = [1.0f32, -1.0, 0.5];
+            let ws = w.to_vec2::<f32>().unwrap();
+            for i in 0..2 {
+                for j in 0..3 {
+                    assert!((gs[i][j] - ws[i][j] * xs[j]).abs() < 1e-6, "{rule:?} {i},{j}");
+                }
+            }
+        }
+        let soft = hard_mask(s.as_tensor(), Binarize::Sigmoid(0.55))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(soft, [[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]]);
+    }
+
+    #[test]
+    fn block_expansion_covers_blocks_and_sums_gradients() {
+        let dev = Device::Cpu;
+        let s = Var::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let e = expand_blocks(s.as_tensor(), [2, 3], 3, 5).unwrap();
+        assert_eq!(
+            e.to_vec2::<f32>().unwrap(),
+            [
+                [1.0, 1.0, 1.0, 0.0, 0.0],
+                [1.0, 1.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0, 1.0]
+            ]
+        );
+        let g = e.sum_all().unwrap().backward().unwrap();
+        // Each block's gradient is the number of matrix entries it covers after the ragged cut.
+        assert_eq!(
+            g.get(s.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            [[6.0, 4.0], [3.0, 2.0]]
+        );
+    }
+}

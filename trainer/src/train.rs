@@ -1,0 +1,498 @@
+//! Training, evaluation and checkpoints.
+//!
+//! A run directory holds `config.toml` (the resolved configuration), `checkpoint.safetensors`
+//! (model, optimizer state and progress, replaced atomically after every epoch, so an
+//! interruption at any moment leaves the last finished epoch usable) and `metrics.jsonl` (one
+//! JSON object per epoch).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::Serialize;
+
+use crate::config::{FitConfig, MethodKind, Schedule};
+use crate::data::{self, Dataset, Split, TaskFamily};
+use crate::error::{Error, Result};
+use crate::mask::Binarize;
+use crate::model::Net;
+use crate::optim::{cosine_lr, Hyper, Optimizer};
+use crate::rng::{stream, Rng};
+
+/// Version of the JSON written to `metrics.jsonl` and by `eval --json`.
+pub const SCHEMA: u32 = 1;
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const CONFIG: &str = "config.toml";
+const METRICS: &str = "metrics.jsonl";
+
+/// The device named by `spec`: `cpu`, `cuda` or `cuda:N`.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal: usize = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| Error::Config(format!("bad device '{s}'")))?;
+            cuda_device(ordinal)
+        }
+        _ => Err(Error::Config(format!("unknown device '{spec}' (cpu, cuda or cuda:N)"))),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Ok(Device::new_cuda(ordinal)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_: usize) -> Result<Device> {
+    Err(Error::Config(
+        "this trainer was built without CUDA: rebuild with `cargo build --release -p smk-trainer --features cuda`"
+            .into(),
+    ))
+}
+
+/// The data split a configuration trains or tests on (its task applied).
+pub fn load_split(cfg: &FitConfig, split: Split) -> Result<Dataset> {
+    let ds = data::load(cfg.data_kind, &cfg.data, split)?;
+    match &cfg.task {
+        Some(t) => t
+            .parse::<TaskFamily>()
+            .map_err(Error::Config)?
+            .task(&ds, cfg.task_index, cfg.seed),
+        None => Ok(ds),
+    }
+}
+
+/// Loads `--init-from`: a safetensors file, or a run directory's checkpoint.
+pub fn load_init(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = if path.is_dir() {
+        path.join(CHECKPOINT)
+    } else {
+        path.to_path_buf()
+    };
+    if !file.exists() {
+        return Err(Error::data(&file, "not found"));
+    }
+    candle_core::safetensors::load(&file, &Device::Cpu)
+        .map_err(|e| Error::data(&file, format!("cannot read safetensors: {e}")))
+}
+
+/// Stacks examples `idx` into `([B, C, H, W] f32, [B] u32)`.
+pub fn batch(ds: &Dataset, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    let mut x = Vec::with_capacity(idx.len() * ds.image_len());
+    for &i in idx {
+        x.extend_from_slice(ds.image(i));
+    }
+    let [c, h, w] = ds.shape;
+    let x = Tensor::from_vec(x, (idx.len(), c, h, w), device)?;
+    let y = Tensor::from_vec(
+        idx.iter().map(|&i| ds.labels[i]).collect::<Vec<u32>>(),
+        idx.len(),
+        device,
+    )?;
+    Ok((x, y))
+}
+
+/// How the method binarises scores at a point of training.
+pub fn rule_at(cfg: &FitConfig, epoch: usize, progress: f64) -> Binarize {
+    match cfg.method {
+        MethodKind::Dense => Binarize::TopK { keep: 1.0, abs: true },
+        MethodKind::Piggyback => Binarize::Threshold(cfg.threshold),
+        MethodKind::EdgePopup | MethodKind::Block => Binarize::TopK {
+            keep: cfg.keep,
+            abs: true,
+        },
+        MethodKind::MovementHard => Binarize::TopK {
+            keep: cfg.keep_at(epoch, progress),
+            abs: false,
+        },
+        MethodKind::MovementSoft => Binarize::Sigmoid(cfg.threshold_at(epoch, progress)),
+    }
+}
+
+/// The rule after training: what export and eval use.
+pub fn final_rule(cfg: &FitConfig) -> Binarize {
+    rule_at(cfg, cfg.epochs, 0.0)
+}
+
+/// Accuracy and loss over a data set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction classified correctly.
+    pub accuracy: f64,
+    /// Examples.
+    pub examples: usize,
+    /// Per class: `(correct, total)`.
+    pub per_class: Vec<(usize, usize)>,
+}
+
+/// Evaluates `net` on `ds` with `rule`.
+pub fn evaluate(net: &mut Net, ds: &Dataset, rule: Binarize, device: &Device) -> Result<Evaluation> {
+    let mut loss = 0.0;
+    let mut per_class = vec![(0usize, 0usize); ds.classes];
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    for chunk in idx.chunks(1000) {
+        let (x, y) = batch(ds, chunk, device)?;
+        let logits = net.forward(&x, rule, false)?;
+        loss += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+        for (&i, p) in chunk.iter().zip(pred) {
+            let l = ds.labels[i] as usize;
+            per_class[l].1 += 1;
+            per_class[l].0 += (p as usize == l) as usize;
+        }
+    }
+    let correct: usize = per_class.iter().map(|c| c.0).sum();
+    let n = ds.len().max(1);
+    Ok(Evaluation {
+        loss: loss / n as f64,
+        accuracy: correct as f64 / n as f64,
+        examples: ds.len(),
+        per_class,
+    })
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    /// Schema version.
+    pub schema: u32,
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Optimizer steps so far.
+    pub step: u64,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (masks as they were at each step).
+    pub train_accuracy: f64,
+    /// Test loss.
+    pub test_loss: f64,
+    /// Test accuracy, a fraction.
+    pub test_accuracy: f64,
+    /// Fraction of weights kept, per layer, after the epoch.
+    pub density: Vec<(String, f64)>,
+    /// Fraction kept over all masked weights.
+    pub overall_density: f64,
+    /// Wall-clock seconds of the epoch.
+    pub seconds: f64,
+}
+
+/// Per-layer and overall density under `rule`.
+pub fn densities(net: &Net, rule: Binarize) -> Result<(Vec<(String, f64)>, f64)> {
+    let mut per = Vec::new();
+    let (mut kept, mut total) = (0.0, 0.0);
+    for l in &net.layers {
+        let d = l.density(rule)?;
+        let n = l.dims.iter().product::<usize>() as f64;
+        kept += d * n;
+        total += n;
+        per.push((l.name.clone(), d));
+    }
+    Ok((per, kept / total.max(1.0)))
+}
+
+/// A run directory.
+#[derive(Debug)]
+pub struct Run {
+    /// Where it lives.
+    pub dir: PathBuf,
+    /// Its configuration.
+    pub cfg: FitConfig,
+}
+
+impl Run {
+    /// Opens an existing run.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg = toml::from_str(&text).map_err(|e| Error::data(&path, e.to_string()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            cfg,
+        })
+    }
+
+    /// Rebuilds the network from the checkpoint.
+    pub fn load_net(&self, device: &Device) -> Result<(Net, Dataset)> {
+        let test = load_split(&self.cfg, Split::Test)?;
+        let file = self.dir.join(CHECKPOINT);
+        let tensors = candle_core::safetensors::load(&file, device)
+            .map_err(|e| Error::data(&file, format!("cannot read checkpoint: {e}")))?;
+        let mut net = Net::build(&self.cfg, test.shape, test.classes, Some(&tensors), device)?;
+        net.load(&tensors)?;
+        restore_seeded(&mut net, &self.cfg, test.shape, test.classes)?;
+        Ok((net, test))
+    }
+
+    /// Every metrics line so far.
+    pub fn metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let path = self.dir.join(METRICS);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).map_err(|e| Error::data(&path, e.to_string())))
+            .collect()
+    }
+}
+
+/// Loading a checkpoint through `init` marks weights as loaded; frozen seeded weights keep their
+/// generator description so export can still store only the seed.
+fn restore_seeded(net: &mut Net, cfg: &FitConfig, input: [usize; 3], classes: usize) -> Result<()> {
+    if cfg.init_from.is_some() {
+        return Ok(());
+    }
+    let fresh = Net::build(cfg, input, classes, None, &Device::Cpu)?;
+    for (l, f) in net.layers.iter_mut().zip(fresh.layers) {
+        l.seeded = f.seeded;
+    }
+    Ok(())
+}
+
+fn atomic_save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| Error::data(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Options of a `fit` call that are not part of the run's configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FitOptions {
+    /// Continue the run in `dir` from its checkpoint.
+    pub resume: bool,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Stop after this many epochs of this call (for tests of resume).
+    pub stop_after: Option<usize>,
+}
+
+/// Trains a run in `dir` (or continues it), returning every epoch's metrics.
+pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetrics>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let ckpt_path = dir.join(CHECKPOINT);
+    let cfg = if opts.resume {
+        let saved = Run::open(dir)?.cfg;
+        if !ckpt_path.exists() {
+            return Err(Error::data(&ckpt_path, "no checkpoint to resume from"));
+        }
+        FitConfig {
+            epochs: cfg.epochs.max(saved.epochs),
+            ..saved
+        }
+    } else {
+        if ckpt_path.exists() {
+            return Err(Error::Config(format!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                dir.display()
+            )));
+        }
+        cfg
+    };
+    cfg.validate()?;
+    smk_format::writer::write_atomic(
+        dir.join(CONFIG),
+        toml::to_string(&cfg)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .as_bytes(),
+    )
+    .map_err(io(&dir.join(CONFIG)))?;
+
+    let device = device(&cfg.device)?;
+    let train = load_split(&cfg, Split::Train)?;
+    let test = load_split(&cfg, Split::Test)?;
+    let init = cfg.init_from.as_deref().map(load_init).transpose()?;
+    let mut net = Net::build(&cfg, train.shape, train.classes.max(10), init.as_ref(), &device)?;
+    let hyper = Hyper {
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        ..Hyper::default()
+    };
+    let mut opt = Optimizer::new(cfg.optimizer, hyper, net.vars());
+    let mut start = 0;
+    if opts.resume {
+        let saved =
+            candle_core::safetensors::load(&ckpt_path, &device).map_err(|e| Error::data(&ckpt_path, e.to_string()))?;
+        net.load(&saved)?;
+        opt.load_state(&saved)?;
+        start = saved
+            .get("state.epoch")
+            .ok_or_else(|| Error::data(&ckpt_path, "no state.epoch"))?
+            .to_vec1::<u32>()?[0] as usize;
+    }
+    let mut teacher = match &cfg.teacher {
+        Some(t) => {
+            let run = Run::open(t)?;
+            let rule = final_rule(&run.cfg);
+            Some((run.load_net(&device)?.0, rule))
+        }
+        None => None,
+    };
+
+    // Keep only the metrics of finished, checkpointed epochs.
+    let metrics_path = dir.join(METRICS);
+    let mut history: Vec<EpochMetrics> = Run {
+        dir: dir.to_path_buf(),
+        cfg: cfg.clone(),
+    }
+    .metrics()?
+    .into_iter()
+    .filter(|m| m.epoch <= start)
+    .collect();
+    let text: String = history
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap_or_default() + "\n")
+        .collect();
+    smk_format::writer::write_atomic(&metrics_path, text.as_bytes()).map_err(io(&metrics_path))?;
+
+    let n = train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let mut new = Vec::new();
+    for epoch in start..cfg.epochs {
+        if opts.stop_after.is_some_and(|s| new.len() >= s) {
+            break;
+        }
+        let t0 = Instant::now();
+        let lr = match cfg.schedule {
+            Schedule::Cosine => cosine_lr(cfg.lr, epoch, cfg.epochs),
+            Schedule::Constant => cfg.lr,
+        };
+        let order = Rng::new(cfg.seed, stream::SHUFFLE + epoch as u64).permutation(n);
+        let bar = progress_bar(steps_per_epoch as u64, epoch, cfg.epochs, opts.quiet);
+        let (mut loss_sum, mut correct) = (0.0, 0usize);
+        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            let rule = rule_at(&cfg, epoch, b as f64 / steps_per_epoch as f64);
+            let (x, y) = batch(&train, chunk, &device)?;
+            let logits = net.forward(&x, rule, true)?;
+            let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            if let Some((t, teacher_rule)) = &mut teacher {
+                let zt = t.forward(&x, *teacher_rule, false)?.detach();
+                loss = distill(&logits, &zt, &loss, cfg.alpha, cfg.temperature)?;
+            }
+            if cfg.method == MethodKind::MovementSoft && cfg.lambda != 0.0 {
+                loss = (loss + (soft_penalty(&net)? * cfg.lambda)?)?;
+            }
+            let grads = loss.backward()?;
+            opt.step(&grads, lr)?;
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                return Err(Error::Config(format!(
+                    "loss became {l} at epoch {}: lower --lr",
+                    epoch + 1
+                )));
+            }
+            loss_sum += l * chunk.len() as f64;
+            let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+            correct += chunk.iter().zip(pred).filter(|(&i, p)| train.labels[i] == *p).count();
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4}",
+                loss_sum / ((b + 1) * cfg.batch_size).min(n) as f64
+            ));
+        }
+        bar.finish_and_clear();
+        let rule = rule_at(&cfg, epoch + 1, 0.0);
+        let eval = evaluate(&mut net, &test, rule, &device)?;
+        let (density, overall_density) = densities(&net, rule)?;
+        let m = EpochMetrics {
+            schema: SCHEMA,
+            epoch: epoch + 1,
+            step: opt.steps(),
+            lr,
+            train_loss: loss_sum / n as f64,
+            train_accuracy: correct as f64 / n as f64,
+            test_loss: eval.loss,
+            test_accuracy: eval.accuracy,
+            density,
+            overall_density,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        // Checkpoint first, then the metrics line: a crash between leaves a checkpoint whose
+        // epoch's line resume drops and recomputes.
+        let mut tensors = net.tensors();
+        tensors.extend(opt.state_tensors()?);
+        tensors.insert("state.epoch".into(), Tensor::new(&[(epoch + 1) as u32], &device)?);
+        atomic_save(&tensors, &ckpt_path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&metrics_path)
+            .map_err(io(&metrics_path))?;
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?
+        )
+        .map_err(io(&metrics_path))?;
+        if !opts.quiet {
+            eprintln!(
+                "epoch {:>3}/{}  loss {:.4}  train {:.2}%  test {:.2}%  kept {:.3}  {:.1}s",
+                m.epoch,
+                cfg.epochs,
+                m.train_loss,
+                100.0 * m.train_accuracy,
+                100.0 * m.test_accuracy,
+                m.overall_density,
+                m.seconds
+            );
+        }
+        new.push(m);
+    }
+    history.extend(new);
+    Ok(history)
+}
+
+/// `α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − α)·CE`, KL averaged over the batch.
+pub fn distill(student: &Tensor, teacher: &Tensor, ce: &Tensor, alpha: f64, temperature: f64) -> Result<Tensor> {
+    let log_ps = candle_nn::ops::log_softmax(&(student / temperature)?, D::Minus1)?;
+    let log_pt = candle_nn::ops::log_softmax(&(teacher / temperature)?, D::Minus1)?;
+    let kl = (log_pt.exp()? * (&log_pt - &log_ps)?)?.sum(D::Minus1)?.mean_all()?;
+    Ok(((kl * (alpha * temperature * temperature))? + (ce * (1.0 - alpha))?)?)
+}
+
+/// Movement-soft's penalty: the mean of sigmoid(scores) over all masked weights.
+fn soft_penalty(net: &Net) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    let mut count = 0usize;
+    for l in &net.layers {
+        if let Some(s) = &l.scores {
+            let p = candle_nn::ops::sigmoid(s.as_tensor())?.sum_all()?;
+            count += s.elem_count();
+            total = Some(match total {
+                Some(t) => (t + p)?,
+                None => p,
+            });
+        }
+    }
+    match total {
+        Some(t) => Ok((t / count as f64)?),
+        None => Ok(Tensor::zeros((), DType::F32, &Device::Cpu)?),
+    }
+}
+
+fn progress_bar(len: u64, epoch: usize, epochs: usize, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    bar
+}

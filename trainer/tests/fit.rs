@@ -1,0 +1,167 @@
+//! End to end on a small slice of the bundled digits: fit, resume, eval, export.
+
+use std::path::Path;
+
+use smk_trainer::config::{FitConfig, MethodKind};
+use smk_trainer::data::{default_data_dir, load_mnist, Dataset, Split};
+use smk_trainer::export::{export, WeightsDtype};
+use smk_trainer::train::{fit, FitOptions, Run};
+
+fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
+    let mut v = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(body);
+    std::fs::write(path, v).unwrap();
+}
+
+fn write_split(dir: &Path, prefix: &str, ds: &Dataset, n: usize) {
+    let pixels: Vec<u8> = ds.images[..n * 784]
+        .iter()
+        .map(|&p| (p * 255.0).round() as u8)
+        .collect();
+    let labels: Vec<u8> = ds.labels[..n].iter().map(|&l| l as u8).collect();
+    write_idx(
+        &dir.join(format!("{prefix}-images-idx3-ubyte")),
+        &[n as u32, 28, 28],
+        &pixels,
+    );
+    write_idx(&dir.join(format!("{prefix}-labels-idx1-ubyte")), &[n as u32], &labels);
+}
+
+/// 600 training and 200 test digits, raw IDX (the loader reads raw and gzip alike).
+fn small_data(dir: &Path) {
+    let src = default_data_dir();
+    write_split(dir, "train", &load_mnist(&src, Split::Train).unwrap(), 600);
+    write_split(dir, "t10k", &load_mnist(&src, Split::Test).unwrap(), 200);
+}
+
+fn config(data: &Path, method: MethodKind, epochs: usize) -> FitConfig {
+    FitConfig {
+        data: data.to_path_buf(),
+        epochs,
+        batch_size: 64,
+        ..FitConfig::defaults(method)
+    }
+}
+
+const QUIET: FitOptions = FitOptions {
+    resume: false,
+    quiet: true,
+    stop_after: None,
+};
+
+#[test]
+fn same_seed_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let mut files = Vec::new();
+    for run in ["a", "b"] {
+        let dir = tmp.path().join(run);
+        fit(&dir, config(&data, MethodKind::EdgePopup, 2), QUIET).unwrap();
+        let out = tmp.path().join(format!("{run}.smk"));
+        let summary = export(&dir, &out, WeightsDtype::F32).unwrap();
+        // Seeded signed-constant weights and a bit mask: about one bit per weight.
+        assert!(summary.bits_per_weight < 1.3, "{summary:?}");
+        files.push(std::fs::read(out).unwrap());
+    }
+    assert_eq!(files[0], files[1], "two runs with one seed must export identical files");
+    let other = tmp.path().join("c");
+    fit(
+        &other,
+        FitConfig {
+            seed: 1,
+            ..config(&data, MethodKind::EdgePopup, 2)
+        },
+        QUIET,
+    )
+    .unwrap();
+    export(&other, &tmp.path().join("c.smk"), WeightsDtype::F32).unwrap();
+    assert_ne!(
+        files[0],
+        std::fs::read(tmp.path().join("c.smk")).unwrap(),
+        "another seed, another model"
+    );
+
+    // The export holds what the run learned: the seed and the masks, at the run's density.
+    let bytes = &files[0];
+    let m = smk_format::Model::parse(bytes).unwrap();
+    m.verify().unwrap();
+    let mask = m.mask(0, 0).unwrap();
+    assert_eq!(mask.ones, 784 * 300 / 2);
+    assert!(matches!(m.tensor(0).unwrap().storage, smk_format::Storage::Seeded(_)));
+    assert_eq!(m.metadata_value("method"), Some("edge-popup"));
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    for method in [MethodKind::EdgePopup, MethodKind::Dense] {
+        let whole = tmp.path().join(format!("whole-{}", method.id()));
+        let full = fit(&whole, config(&data, method, 3), QUIET).unwrap();
+        let split = tmp.path().join(format!("split-{}", method.id()));
+        let first = fit(
+            &split,
+            config(&data, method, 3),
+            FitOptions {
+                stop_after: Some(1),
+                ..QUIET
+            },
+        )
+        .unwrap();
+        assert_eq!(first.len(), 1);
+        let rest = fit(&split, config(&data, method, 3), FitOptions { resume: true, ..QUIET }).unwrap();
+        assert_eq!(rest.len(), 3, "metrics of all three epochs");
+        for (a, b) in full.iter().zip(&rest) {
+            assert_eq!((a.epoch, a.step), (b.epoch, b.step));
+            assert_eq!(a.test_accuracy, b.test_accuracy, "{method:?} epoch {}", a.epoch);
+            assert_eq!(a.train_loss, b.train_loss, "{method:?} epoch {}", a.epoch);
+        }
+        let ea = std::fs::read(whole.join("checkpoint.safetensors")).unwrap();
+        let eb = std::fs::read(split.join("checkpoint.safetensors")).unwrap();
+        assert_eq!(ea, eb, "{method:?}: resumed checkpoint differs");
+    }
+}
+
+#[test]
+fn fit_refuses_to_overwrite_and_eval_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let dir = tmp.path().join("run");
+    let m = fit(&dir, config(&data, MethodKind::Dense, 1), QUIET).unwrap();
+    let e = fit(&dir, config(&data, MethodKind::Dense, 1), QUIET)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--resume"), "{e}");
+    let run = Run::open(&dir).unwrap();
+    let (mut net, test) = run.load_net(&candle_core::Device::Cpu).unwrap();
+    let ev = smk_trainer::train::evaluate(
+        &mut net,
+        &test,
+        smk_trainer::train::final_rule(&run.cfg),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(
+        ev.accuracy, m[0].test_accuracy,
+        "eval of the checkpoint matches the run's own metric"
+    );
+    assert!(
+        ev.accuracy > 0.5,
+        "one epoch on 600 digits learns something: {}",
+        ev.accuracy
+    );
+    let bad = tmp.path().join("nodata");
+    let e = fit(&tmp.path().join("r2"), config(&bad, MethodKind::Dense, 1), QUIET)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nodata") && e.contains("not found"), "{e}");
+}
