@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/table}
-epochs=${2:-10}
+epochs=${2:-20}
 cargo build -q --release -p smk-trainer
 t=target/release/trainer
 mkdir -p "$runs"

@@ -161,7 +161,7 @@ impl FitConfig {
             data_kind: DataKind::Mnist,
             task: None,
             task_index: 0,
-            epochs: 10,
+            epochs: 20,
             batch_size: 128,
             lr: 0.1,
             optimizer: OptimizerKind::Sgd,
@@ -193,7 +193,9 @@ impl FitConfig {
                 c.weight_decay = 0.0;
                 c.schedule = Schedule::Constant;
             }
-            MethodKind::EdgePopup | MethodKind::Block => {}
+            // Measured on the bundled digits: 0.1 (the paper's CIFAR rate) learns too slowly in
+            // the ~1,100 steps of a 20-epoch run; 0.3 reaches 94.8% at keep 0.5.
+            MethodKind::EdgePopup | MethodKind::Block => c.lr = 0.3,
             MethodKind::MovementHard | MethodKind::MovementSoft => {
                 c.weights = WeightInit::KaimingNormal;
                 c.optimizer = OptimizerKind::Adam;

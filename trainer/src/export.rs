@@ -60,6 +60,19 @@ pub fn to_smk(net: &Net, run: &Run, dtype: WeightsDtype) -> Result<Vec<u8>> {
     } else {
         None
     };
+    // Pixels in [0, 1] go in; the training normalisation is the first layer (eps 0, so the
+    // variance is exactly std²).
+    let channels = net.normalize.len() as u32;
+    let mean: Vec<f32> = net.normalize.iter().map(|m| m.0).collect();
+    let var: Vec<f32> = net.normalize.iter().map(|m| m.1 * m.1).collect();
+    b.batch_norm(
+        "normalize",
+        TensorSpec::f32("normalize.mean", &[channels], mean)?,
+        TensorSpec::f32("normalize.var", &[channels], var)?,
+        None,
+        None,
+        0.0,
+    )?;
     let mut smk_layer = Vec::with_capacity(net.nodes.len());
     for (i, node) in net.nodes.iter().enumerate() {
         if let Some(j) = net.inputs[i] {

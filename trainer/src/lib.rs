@@ -5,7 +5,8 @@
 //! - [`mask`]: binarising scores with the straight-through estimator; exact top-k.
 //! - [`config`]: methods and their defaults; [`optim`]: SGD, RMSprop and Adam with state.
 //! - [`data`]: IDX and CIFAR-10 loaders, task families; [`rng`]: the seeded generator.
-//! - [`train`]: fit, eval, checkpoints and resume; [`export`]: .smk export.
+//! - [`train`]: fit, eval, checkpoints and resume; [`export`]: .smk export; [`sweep`]: accuracy
+//!   against density, as a table and a plot.
 
 pub mod config;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod mask;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Error, Result};

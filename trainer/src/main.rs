@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Train a run: masks (and, for some methods, weights) on a data set.
     Fit(Box<FitArgs>),
+    /// One run per --keep value plus a dense run: results.csv and a plot (sweep.svg, sweep.png).
+    Sweep(Box<FitArgs>),
     /// Evaluate a run's checkpoint on the test split.
     Eval {
         /// The run directory.
@@ -52,7 +54,7 @@ enum Command {
 
 /// Every flag of `fit`. Unset flags fall back to the `--config` file, then to the method's
 /// defaults (`trainer fit --method M --help` lists them).
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 struct FitArgs {
     /// Model: lenet-300-100, fc-1024-1024, lenet-5, conv-2, conv-4, conv-6, resnet-8.
     #[arg(long)]
@@ -60,12 +62,12 @@ struct FitArgs {
     /// Method.
     #[arg(long, value_enum)]
     method: Option<MethodKind>,
-    /// Fraction of weights kept per layer (top-k methods).
-    #[arg(long, conflicts_with = "sparsity")]
-    keep: Option<f64>,
-    /// Fraction of weights removed per layer (= 1 − keep).
-    #[arg(long)]
-    sparsity: Option<f64>,
+    /// Fraction of weights kept per layer (top-k methods); `sweep` takes a list: 0.05,0.1,0.5.
+    #[arg(long, conflicts_with = "sparsity", value_delimiter = ',')]
+    keep: Vec<f64>,
+    /// Fraction of weights removed per layer (= 1 − keep); `sweep` takes a list.
+    #[arg(long, value_delimiter = ',')]
+    sparsity: Vec<f64>,
     /// Block shape for `block`, as RxC (e.g. 4x4, 16x16).
     #[arg(long, value_parser = parse_block)]
     block: Option<[usize; 2]>,
@@ -147,7 +149,7 @@ struct FitArgs {
     /// TOML file of settings (the keys of config.toml in a run directory); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The run directory to create (or continue, with --resume).
+    /// The run directory to create (or continue, with --resume); for `sweep`, the directory of runs.
     #[arg(long)]
     out: PathBuf,
     /// Continue the run in --out from its last checkpoint.
@@ -206,30 +208,31 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     let p = |v: &Option<PathBuf>| v.as_ref().map(|p| toml::Value::String(p.display().to_string()));
     let f = |v: Option<f64>| v.map(toml::Value::Float);
     let i = |v: Option<usize>| v.map(|x| toml::Value::Integer(x as i64));
-    let e = |v: Option<toml::Value>| v;
-    let ser = |v: &dyn erased::Ser| v.value();
     set("model", s(&a.model));
-    set("method", Some(ser(&method)));
-    set("keep", f(a.keep.or(a.sparsity.map(|s| 1.0 - s))));
+    set("method", Some(value(&method)));
+    set(
+        "keep",
+        f(a.keep.first().copied().or(a.sparsity.first().map(|s| 1.0 - s))),
+    );
     set(
         "block",
         a.block
             .map(|b| toml::Value::Array(b.iter().map(|&x| toml::Value::Integer(x as i64)).collect())),
     );
-    set("weights", a.weights.as_ref().map(|w| ser(w)));
+    set("weights", a.weights.as_ref().map(value));
     set("scale_fan", a.scale_fan.then_some(toml::Value::Boolean(true)));
     set("init_from", p(&a.init_from));
     set("data", p(&a.data));
-    set("data_kind", a.data_kind.as_ref().map(|d| ser(d)));
+    set("data_kind", a.data_kind.as_ref().map(value));
     set("task", s(&a.task));
     set("task_index", i(a.task_index));
     set("epochs", i(a.epochs));
     set("batch_size", i(a.batch_size));
     set("lr", f(a.lr));
-    set("optimizer", a.optimizer.as_ref().map(|o| ser(o)));
+    set("optimizer", a.optimizer.as_ref().map(value));
     set("momentum", f(a.momentum));
     set("weight_decay", f(a.weight_decay));
-    set("schedule", a.schedule.as_ref().map(|o| ser(o)));
+    set("schedule", a.schedule.as_ref().map(value));
     set("seed", a.seed.map(|x| toml::Value::Integer(x as i64)));
     set("device", s(&a.device));
     set("threshold", f(a.threshold.map(|x| x as f64)));
@@ -240,7 +243,7 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     set("teacher", p(&a.teacher));
     set("alpha", f(a.alpha));
     set("temperature", f(a.temperature));
-    set("train_head", e(a.train_head.then_some(toml::Value::Boolean(true))));
+    set("train_head", a.train_head.then_some(toml::Value::Boolean(true)));
     let cfg: FitConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Config(format!("configuration: {e}")))?;
@@ -248,16 +251,9 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     Ok(cfg)
 }
 
-/// Serialising clap value enums to TOML values without naming each type.
-mod erased {
-    pub trait Ser {
-        fn value(&self) -> toml::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> toml::Value {
-            toml::Value::try_from(self).unwrap_or(toml::Value::String(String::new()))
-        }
-    }
+/// A setting as a TOML value (clap value enums serialise to their kebab-case names).
+fn value<T: serde::Serialize>(v: &T) -> toml::Value {
+    toml::Value::try_from(v).unwrap_or_else(|_| toml::Value::String(String::new()))
 }
 
 fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
@@ -306,6 +302,11 @@ fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
 fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Fit(a) => {
+            if a.keep.len() + a.sparsity.len() > 1 {
+                return Err(Error::Config(
+                    "fit takes one --keep value: use `trainer sweep` for several".into(),
+                ));
+            }
             let cfg = if a.resume {
                 FitConfig {
                     epochs: a.epochs.unwrap_or(0),
@@ -329,6 +330,31 @@ fn run() -> Result<()> {
                     last.overall_density
                 );
             }
+            Ok(())
+        }
+        Command::Sweep(a) => {
+            let keeps: Vec<f64> = if a.sparsity.is_empty() {
+                a.keep.clone()
+            } else {
+                a.sparsity.iter().map(|s| 1.0 - s).collect()
+            };
+            let base = resolve(&a)?;
+            let rows = smk_trainer::sweep::sweep(&a.out, &base, &keeps, a.quiet)?;
+            println!(
+                "{:<14} {:>6} {:>8} {:>9} {:>8}",
+                "method", "keep", "density", "test acc", "s/epoch"
+            );
+            for r in rows {
+                println!(
+                    "{:<14} {:>6} {:>8.3} {:>8.2}% {:>8.2}",
+                    r.method,
+                    r.keep,
+                    r.density,
+                    100.0 * r.test_accuracy,
+                    r.seconds_per_epoch
+                );
+            }
+            println!("{}: results.csv, sweep.svg, sweep.png", a.out.display());
             Ok(())
         }
         Command::Eval { run, data, json } => eval(&run, data, json),

@@ -67,11 +67,17 @@ pub fn hard_mask(scores: &Tensor, rule: Binarize) -> Result<Tensor> {
 }
 
 /// The mask with a straight-through gradient: the forward value is exactly the hard mask
-/// (`s − s.detach()` is computed first and is exactly zero), the backward passes the gradient to
-/// `scores` unchanged.
+/// (`b − b.detach()` is computed first and is exactly zero), the backward passes the gradient to
+/// the ranked quantity `b` unchanged. For top-k by magnitude `b = |scores|`, so the scores
+/// receive `g·sign(s)`: growing a score's magnitude is what keeps its weight, as in edge-popup
+/// (which ranks `scores.abs()` before its straight-through op).
 pub fn ste_mask(scores: &Tensor, rule: Binarize) -> Result<Tensor> {
+    let basis = match rule {
+        Binarize::TopK { abs: true, .. } => scores.abs()?,
+        _ => scores.clone(),
+    };
     let hard = hard_mask(&scores.detach(), rule)?;
-    let pass = (scores - scores.detach())?;
+    let pass = (&basis - basis.detach())?;
     hard + pass
 }
 
@@ -140,9 +146,16 @@ mod tests {
             let gs = g.get(s.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
             let xs = [1.0f32, -1.0, 0.5];
             let ws = w.to_vec2::<f32>().unwrap();
+            let ss = s.as_tensor().to_vec2::<f32>().unwrap();
             for i in 0..2 {
                 for j in 0..3 {
-                    assert!((gs[i][j] - ws[i][j] * xs[j]).abs() < 1e-6, "{rule:?} {i},{j}");
+                    // Ranking by |s| passes the gradient through |·|: times sign(s).
+                    let sign = if matches!(rule, Binarize::TopK { abs: true, .. }) {
+                        ss[i][j].signum()
+                    } else {
+                        1.0
+                    };
+                    assert!((gs[i][j] - ws[i][j] * xs[j] * sign).abs() < 1e-6, "{rule:?} {i},{j}");
                 }
             }
         }

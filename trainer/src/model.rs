@@ -50,6 +50,15 @@ impl ModelId {
     }
 }
 
+/// The usual per-channel input statistics: MNIST's for one channel, CIFAR-10's for three.
+pub fn normalization(channels: usize) -> Vec<(f32, f32)> {
+    match channels {
+        1 => vec![(0.1307, 0.3081)],
+        3 => vec![(0.4914, 0.2470), (0.4822, 0.2435), (0.4465, 0.2616)],
+        c => vec![(0.5, 0.5); c],
+    }
+}
+
 /// A linear or conv layer's weights, scores and mask settings.
 #[derive(Debug)]
 pub struct MaskedLayer {
@@ -204,6 +213,8 @@ pub struct Net {
     pub id: ModelId,
     /// `[C, H, W]` of one input.
     pub input: [usize; 3],
+    /// Per-channel `(mean, std)` applied to the input first (exported as a batch norm).
+    pub normalize: Vec<(f32, f32)>,
     /// The graph.
     pub nodes: Vec<Node>,
     /// The node each node reads (`None`: the previous node, or the input for the first).
@@ -403,6 +414,7 @@ impl Net {
             net: Net {
                 id,
                 input,
+                normalize: normalization(input[0]),
                 nodes: Vec::new(),
                 inputs: Vec::new(),
                 layers: Vec::new(),
@@ -491,6 +503,7 @@ impl Net {
     /// Logits for a batch `[N, C, H, W]`. `rule` binarises every masked layer; `train` switches
     /// batch norms to batch statistics (and updates their running statistics).
     pub fn forward(&mut self, x: &Tensor, rule: Binarize, train: bool) -> Result<Tensor> {
+        let x = &self.normalized(x)?;
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
         for i in 0..self.nodes.len() {
             let prev = match self.inputs[i] {
@@ -513,6 +526,23 @@ impl Net {
             outs.push(y);
         }
         outs.pop().ok_or_else(|| Error::Config("empty network".into()))
+    }
+
+    /// `(x − mean) / std` per channel.
+    fn normalized(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.normalize.len();
+        let dev = x.device();
+        let mean = Tensor::from_vec(
+            self.normalize.iter().map(|m| m.0).collect::<Vec<_>>(),
+            (1, c, 1, 1),
+            dev,
+        )?;
+        let std = Tensor::from_vec(
+            self.normalize.iter().map(|m| m.1).collect::<Vec<_>>(),
+            (1, c, 1, 1),
+            dev,
+        )?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
 
     /// Every trainable variable, named.

@@ -90,9 +90,11 @@ fn same_seed_same_bytes() {
     let bytes = &files[0];
     let m = smk_format::Model::parse(bytes).unwrap();
     m.verify().unwrap();
-    let mask = m.mask(0, 0).unwrap();
+    let fc1 = m.tensors().find(|t| t.name == "fc1.weight").unwrap();
+    let mask = m.mask(0, fc1.index).unwrap();
     assert_eq!(mask.ones, 784 * 300 / 2);
-    assert!(matches!(m.tensor(0).unwrap().storage, smk_format::Storage::Seeded(_)));
+    assert!(matches!(fc1.storage, smk_format::Storage::Seeded(_)));
+    assert_eq!(m.layer(0).unwrap().name, "normalize", "the graph takes pixels in [0, 1]");
     assert_eq!(m.metadata_value("method"), Some("edge-popup"));
 }
 
@@ -164,4 +166,29 @@ fn fit_refuses_to_overwrite_and_eval_reads_back() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nodata") && e.contains("not found"), "{e}");
+}
+
+#[test]
+fn sweep_writes_a_table_and_a_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let out = tmp.path().join("sweep");
+    let base = config(&data, MethodKind::EdgePopup, 1);
+    let rows = smk_trainer::sweep::sweep(&out, &base, &[0.1, 0.5], true).unwrap();
+    assert_eq!(rows.len(), 3, "two keeps and the dense reference");
+    assert_eq!((rows[0].density, rows[1].density, rows[2].density), (0.1, 0.5, 1.0));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.starts_with("method,keep,density,test_accuracy"));
+    if out.join("sweep.svg").exists() {
+        let svg = std::fs::read_to_string(out.join("sweep.svg")).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("dense"));
+        let png = std::fs::read(out.join("sweep.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+    // A second call reuses the finished runs.
+    let again = smk_trainer::sweep::sweep(&out, &base, &[0.1, 0.5], true).unwrap();
+    assert_eq!(again, rows);
 }
