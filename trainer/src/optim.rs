@@ -88,11 +88,14 @@ impl Optimizer {
         let t = self.steps as i32;
         for ((_, var), state) in self.vars.iter().zip(&mut self.state) {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let p = var.as_tensor();
+            // Gradients (and so anything built from them) can carry the step's autograd graph;
+            // detached, the optimizer state does not keep every step's activations alive.
+            let g = g.detach();
+            let p = var.as_tensor().detach();
             let g = if h.weight_decay != 0.0 {
-                (g + (p * h.weight_decay)?)?
+                (&g + (&p * h.weight_decay)?)?
             } else {
-                g.clone()
+                g
             };
             let update = match self.kind {
                 OptimizerKind::Sgd => {
@@ -275,6 +278,37 @@ mod tests {
             b.state[0][1].to_vec1::<f32>().unwrap(),
             a.state[0][1].to_vec1::<f32>().unwrap()
         );
+    }
+
+    #[test]
+    fn state_holds_no_autograd_graph() {
+        // A gradient through a masked product carries graph nodes; the state must not keep them
+        // (it would keep every step's activations alive: memory grew by gigabytes per run).
+        let dev = Device::Cpu;
+        let w = Var::new(&[1.0f32, -2.0, 3.0], &dev).unwrap();
+        let s = Var::new(&[0.5f32, 0.1, -0.3], &dev).unwrap();
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Rmsprop, OptimizerKind::Adam] {
+            let mut opt = Optimizer::new(
+                kind,
+                Hyper {
+                    weight_decay: 0.1,
+                    ..Hyper::default()
+                },
+                vec![("s".into(), s.clone())],
+            );
+            for _ in 0..3 {
+                let loss = (w.as_tensor() * s.as_tensor())
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                opt.step(&loss.backward().unwrap(), 0.01).unwrap();
+            }
+            for t in opt.state_tensors().unwrap().values() {
+                assert!(!t.track_op(), "{kind:?}: optimizer state tracks the graph");
+            }
+        }
     }
 
     #[test]

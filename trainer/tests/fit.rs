@@ -94,7 +94,11 @@ fn same_seed_same_bytes() {
     let mask = m.mask(0, fc1.index).unwrap();
     assert_eq!(mask.ones, 784 * 300 / 2);
     assert!(matches!(fc1.storage, smk_format::Storage::Seeded(_)));
-    assert_eq!(m.layer(0).unwrap().name, "normalize", "the graph takes pixels in [0, 1]");
+    assert_eq!(
+        m.layer(0).unwrap().name,
+        "normalize",
+        "the graph takes pixels in [0, 1]"
+    );
     assert_eq!(m.metadata_value("method"), Some("edge-popup"));
 }
 
