@@ -26,7 +26,8 @@ for k in 0.5 0.3 0.1; do
   row block4x4-$k --method block --block 4x4 --keep $k
   row movement-hard-$k --method movement-hard --keep $k --teacher "$runs/dense"
 done
+row movement-soft --method movement-soft --teacher "$runs/dense"
 # Transfer: dense on digits 0-4, then digits 5-9 by piggyback (mask + head) or dense fine-tuning.
 row dense-digits-0-4 --method dense --task split:2 --task-index 0
-row piggyback-digits-5-9 --method piggyback --init-from "$runs/dense-digits-0-4" --task split:2 --task-index 1 --train-head --lr 1e-3
+row piggyback-digits-5-9 --method piggyback --init-from "$runs/dense-digits-0-4" --task split:2 --task-index 1 --train-head
 row finetune-digits-5-9 --method dense --init-from "$runs/dense-digits-0-4" --task split:2 --task-index 1

@@ -533,6 +533,32 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// A METADATA or HISTORY section: a 16-byte header (count, zeros) and `count` records of
+    /// `size` bytes. Returns the section and the count.
+    fn list(
+        &self,
+        i: u32,
+        kind: SectionKind,
+        what: &'static str,
+        cap: u32,
+        size: usize,
+    ) -> Result<(Rec<'a>, u32), Error> {
+        let r = self.structure(i, kind)?;
+        if r.b.len() < record::LIST_HEADER {
+            let (length, expected) = (r.b.len() as u64, record::LIST_HEADER as u64);
+            return Err(Error::SectionLength {
+                section: i,
+                kind,
+                length,
+                expected,
+            });
+        }
+        let n = Self::counted(&r, what, cap)?;
+        check_zero(&r, 4, record::LIST_HEADER)?;
+        Self::records(i, kind, &r, record::LIST_HEADER, size, n as u64)?;
+        Ok((r, n))
+    }
+
     fn counted(r: &Rec<'_>, what: &'static str, cap: u32) -> Result<u32, Error> {
         let count = r.u32(0);
         if count > cap {
@@ -922,24 +948,12 @@ impl<'a> Model<'a> {
 
         // Metadata: keys sorted and unique.
         if let Some(i) = optional[1] {
-            let r = p.structure(i, SectionKind::Metadata)?;
-            if r.b.len() < record::LIST_HEADER {
-                return Err(Error::SectionLength {
-                    section: i,
-                    kind: SectionKind::Metadata,
-                    length: r.b.len() as u64,
-                    expected: record::LIST_HEADER as u64,
-                });
-            }
-            let n = Parser::counted(&r, "metadata entry", caps::METADATA)?;
-            check_zero(&r, 4, 16)?;
-            Parser::records(
+            let (r, n) = p.list(
                 i,
                 SectionKind::Metadata,
-                &r,
-                record::LIST_HEADER,
+                "metadata entry",
+                caps::METADATA,
                 record::METADATA,
-                n as u64,
             )?;
             let mut prev: Option<&str> = None;
             for e in 0..n {
@@ -956,25 +970,7 @@ impl<'a> Model<'a> {
         }
 
         if let Some(i) = optional[2] {
-            let r = p.structure(i, SectionKind::History)?;
-            if r.b.len() < record::LIST_HEADER {
-                return Err(Error::SectionLength {
-                    section: i,
-                    kind: SectionKind::History,
-                    length: r.b.len() as u64,
-                    expected: record::LIST_HEADER as u64,
-                });
-            }
-            let n = Parser::counted(&r, "history entry", caps::HISTORY)?;
-            check_zero(&r, 4, 16)?;
-            Parser::records(
-                i,
-                SectionKind::History,
-                &r,
-                record::LIST_HEADER,
-                record::HISTORY,
-                n as u64,
-            )?;
+            let (r, n) = p.list(i, SectionKind::History, "history entry", caps::HISTORY, record::HISTORY)?;
             for e in 0..n {
                 let er = r.sub(record::LIST_HEADER + record::HISTORY * e as usize, record::HISTORY);
                 check_zero(&er, 4, 8)?;
