@@ -67,6 +67,12 @@ pub fn load_split(cfg: &FitConfig, split: Split) -> Result<Dataset> {
     }
 }
 
+/// Output units of a model for `ds`: at least 10, so that models for the tasks of a split
+/// (whose labels are renumbered from 0) share one head shape and transfer between tasks.
+pub fn outputs(ds: &Dataset) -> usize {
+    ds.classes.max(10)
+}
+
 /// Loads `--init-from`: a safetensors file, or a run directory's checkpoint.
 pub fn load_init(path: &Path) -> Result<HashMap<String, Tensor>> {
     let file = if path.is_dir() {
@@ -229,9 +235,9 @@ impl Run {
         let file = self.dir.join(CHECKPOINT);
         let tensors = candle_core::safetensors::load(&file, device)
             .map_err(|e| Error::data(&file, format!("cannot read checkpoint: {e}")))?;
-        let mut net = Net::build(&self.cfg, test.shape, test.classes, Some(&tensors), device)?;
+        let mut net = Net::build(&self.cfg, test.shape, outputs(&test), Some(&tensors), device)?;
         net.load(&tensors)?;
-        restore_seeded(&mut net, &self.cfg, test.shape, test.classes)?;
+        restore_seeded(&mut net, &self.cfg, test.shape, outputs(&test))?;
         Ok((net, test))
     }
 
@@ -317,7 +323,7 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
     let train = load_split(&cfg, Split::Train)?;
     let test = load_split(&cfg, Split::Test)?;
     let init = cfg.init_from.as_deref().map(load_init).transpose()?;
-    let mut net = Net::build(&cfg, train.shape, train.classes.max(10), init.as_ref(), &device)?;
+    let mut net = Net::build(&cfg, train.shape, outputs(&train), init.as_ref(), &device)?;
     let hyper = Hyper {
         momentum: cfg.momentum,
         weight_decay: cfg.weight_decay,

@@ -196,3 +196,87 @@ fn sweep_writes_a_table_and_a_plot() {
     let again = smk_trainer::sweep::sweep(&out, &base, &[0.1, 0.5], true).unwrap();
     assert_eq!(again, rows);
 }
+
+#[test]
+fn init_from_reads_pytorch_style_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    // Weights named as PyTorch names an nn.Module's parameters (fc1.weight, ...), shaped [out, in].
+    let dev = candle_core::Device::Cpu;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, out, inp) in [("fc1", 300usize, 784usize), ("fc2", 100, 300), ("fc3", 10, 100)] {
+        let values: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 7919) % 2003) as f32 / 2003.0 - 0.5)
+            .collect();
+        let t = candle_core::Tensor::from_vec(values, (out, inp), &dev)
+            .unwrap()
+            .to_dtype(candle_core::DType::F16)
+            .unwrap();
+        tensors.insert(format!("{name}.weight"), t);
+    }
+    let file = tmp.path().join("pretrained.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+
+    // Piggyback over them: the frozen weights are exactly the file's (f16 widened to f32).
+    let cfg = FitConfig {
+        init_from: Some(file.clone()),
+        ..config(&data, MethodKind::Piggyback, 1)
+    };
+    let dir = tmp.path().join("pb");
+    fit(&dir, cfg, QUIET).unwrap();
+    let (net, _) = Run::open(&dir).unwrap().load_net(&dev).unwrap();
+    let want = tensors["fc2.weight"]
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(net.layers[1].weight.to_vec2::<f32>().unwrap(), want);
+    assert!(net.layers[1].weight_var.is_none(), "piggyback never trains the weights");
+
+    // A wrong shape is refused with the tensor's name.
+    tensors.insert(
+        "fc2.weight".into(),
+        candle_core::Tensor::zeros((100, 299), candle_core::DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let cfg = FitConfig {
+        init_from: Some(file),
+        ..config(&data, MethodKind::Piggyback, 1)
+    };
+    let e = fit(&tmp.path().join("bad"), cfg, QUIET).unwrap_err().to_string();
+    assert!(e.contains("fc2.weight") && e.contains("299"), "{e}");
+}
+
+#[test]
+fn split_task_runs_evaluate_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let dir = tmp.path().join("digits-5-9");
+    let cfg = FitConfig {
+        task: Some("split:2".into()),
+        task_index: 1,
+        ..config(&data, MethodKind::EdgePopup, 1)
+    };
+    fit(&dir, cfg, QUIET).unwrap();
+    let run = Run::open(&dir).unwrap();
+    let (mut net, test) = run.load_net(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(test.classes, 5);
+    assert!(test.labels.iter().all(|&l| l < 5));
+    let e = smk_trainer::train::evaluate(
+        &mut net,
+        &test,
+        smk_trainer::train::final_rule(&run.cfg),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(e.per_class.len(), 5);
+    let out = tmp.path().join("m.smk");
+    export(&dir, &out, WeightsDtype::F16).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let m = smk_format::Model::parse(&bytes).unwrap();
+    assert_eq!(m.mask_set(0).unwrap().name, "split:2#1");
+}
