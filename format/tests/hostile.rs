@@ -951,3 +951,41 @@ fn a_payload_section_missing_from_the_table_is_named() {
 fn every_kind_bytes() -> Vec<u8> {
     every_kind(true).to_bytes().unwrap()
 }
+
+/// FORMAT.md §13.1 lists the section table of this very file; a second reader is written from
+/// that table, so the writer must keep producing it.
+#[test]
+fn the_spec_worked_example_matches_the_writer() {
+    let b = small();
+    assert_eq!((u32_at(&b, 24), u32_at(&b, 28), u64_at(&b, 32)), (13, 480, 2192));
+    let table: Vec<(u32, usize, usize)> = (0..13)
+        .map(|i| (u32_at(&b, 64 + 32 * i), section(&b, i).0, section(&b, i).1))
+        .collect();
+    let spec = [
+        (1, 512, 86),
+        (2, 640, 416),
+        (3, 1088, 272),
+        (4, 1408, 144),
+        (5, 1600, 48),
+        (6, 1664, 48),
+        (16, 1728, 96),
+        (16, 1856, 64),
+        (16, 1920, 12),
+        (18, 1984, 32),
+        (18, 2048, 16),
+        (18, 2112, 32),
+        (18, 2176, 16),
+    ];
+    assert_eq!(table, spec);
+    // §13.3: fc2.weight (3×4) in 2×2 tiles: tile (0,0) holds rows 0–1, cols 0–1, first.
+    let m = Model::parse(&b).unwrap();
+    let fc2 = m.tensor(2).unwrap();
+    let stored: Vec<f32> = (0..16).map(|i| fc2.stored(i)).collect();
+    let value = |r, c| fc2.value(r, c);
+    assert_eq!(&stored[..4], &[value(0, 0), value(0, 1), value(1, 0), value(1, 1)]);
+    assert_eq!(
+        &stored[8..12],
+        &[value(2, 0), value(2, 1), 0.0, 0.0],
+        "tile (1,0): row 3 is padding"
+    );
+}

@@ -160,6 +160,11 @@ struct FitArgs {
     quiet: bool,
 }
 
+/// `1 − sparsity`, rounded to 12 decimals so that `--sparsity 0.8` records `keep = 0.2`.
+fn keep_of(sparsity: f64) -> f64 {
+    ((1.0 - sparsity) * 1e12).round() / 1e12
+}
+
 fn parse_block(s: &str) -> std::result::Result<[usize; 2], String> {
     let (r, c) = s
         .split_once(['x', 'X'])
@@ -212,7 +217,7 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     set("method", Some(value(&method)));
     set(
         "keep",
-        f(a.keep.first().copied().or(a.sparsity.first().map(|s| 1.0 - s))),
+        f(a.keep.first().copied().or(a.sparsity.first().map(|&s| keep_of(s)))),
     );
     set(
         "block",
@@ -336,7 +341,7 @@ fn run() -> Result<()> {
             let keeps: Vec<f64> = if a.sparsity.is_empty() {
                 a.keep.clone()
             } else {
-                a.sparsity.iter().map(|s| 1.0 - s).collect()
+                a.sparsity.iter().map(|&s| keep_of(s)).collect()
             };
             let base = resolve(&a)?;
             let rows = smk_trainer::sweep::sweep(&a.out, &base, &keeps, a.quiet)?;

@@ -1,0 +1,85 @@
+//! The `trainer` binary as users run it: exit codes, one-line errors, JSON output.
+
+mod common;
+
+use std::process::Command;
+
+fn trainer(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn fit_eval_export_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    common::small_data(&data);
+    let (d, run, smk) = (data.to_str().unwrap(), tmp.path().join("run"), tmp.path().join("m.smk"));
+    let run = run.to_str().unwrap();
+    let (ok, out, err) = trainer(&[
+        "fit",
+        "--method",
+        "edge-popup",
+        "--sparsity",
+        "0.8",
+        "--epochs",
+        "1",
+        "--data",
+        d,
+        "--out",
+        run,
+        "-q",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("weights kept 0.200"), "{out}");
+    let cfg = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
+    assert!(
+        cfg.contains("keep = 0.2") && cfg.contains("method = \"edge-popup\""),
+        "{cfg}"
+    );
+
+    let (ok, out, err) = trainer(&["eval", run, "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(v["per_class"].as_array().unwrap().len(), 10);
+
+    let (ok, out, err) = trainer(&["export", run, "--out", smk.to_str().unwrap(), "--weights-dtype", "bf16"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("bits per weight"), "{out}");
+    assert!(smk_format::Model::parse(&std::fs::read(&smk).unwrap()).is_ok());
+}
+
+#[test]
+fn bad_invocations_fail_with_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let out = out.to_str().unwrap();
+    for (args, says) in [
+        (vec!["fit", "--keep", "0.1,0.5", "--out", out], "trainer sweep"),
+        (
+            vec!["fit", "--device", "cuda", "--epochs", "1", "--out", out],
+            "built without CUDA",
+        ),
+        (vec!["fit", "--model", "vgg-16", "--out", out], "unknown model 'vgg-16'"),
+        (vec!["fit", "--method", "piggyback", "--out", out], "--init-from"),
+        (vec!["fit", "--keep", "1.5", "--out", out], "--keep 1.5"),
+        (
+            vec!["fit", "--data", "/nonexistent", "--epochs", "1", "--out", out],
+            "/nonexistent",
+        ),
+        (vec!["eval", "/nonexistent-run"], "config.toml"),
+    ] {
+        let (ok, _, err) = trainer(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        let _ = std::fs::remove_dir_all(tmp.path().join("x"));
+    }
+}
