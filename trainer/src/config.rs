@@ -223,8 +223,38 @@ impl FitConfig {
         if self.epochs == 0 || self.batch_size == 0 {
             return bad("--epochs and --batch-size must be at least 1".into());
         }
-        if self.block.contains(&0) {
-            return bad("--block sides must be at least 1".into());
+        if self.block.iter().any(|&b| b == 0 || b > 1024) {
+            return bad(format!(
+                "--block {}x{}: sides must be 1 to 1024",
+                self.block[0], self.block[1]
+            ));
+        }
+        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        for (flag, v) in [
+            ("--momentum", self.momentum),
+            ("--weight-decay", self.weight_decay),
+            ("--lambda", self.lambda),
+        ] {
+            if !finite_nonneg(v) {
+                return bad(format!("{flag} {v} must be finite and not negative"));
+            }
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!("--temperature {} must be positive", self.temperature));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad(format!("--alpha {} must be in [0, 1]", self.alpha));
+        }
+        if !self.threshold.is_finite()
+            || (self.method == MethodKind::MovementSoft && !(0.0..1.0).contains(&self.threshold))
+        {
+            return bad(format!(
+                "--threshold {} must be finite (and in [0, 1) for movement-soft)",
+                self.threshold
+            ));
+        }
+        if !self.mask_init.is_finite() {
+            return bad(format!("--mask-init {} must be finite", self.mask_init));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr {} must be positive", self.lr));
@@ -238,7 +268,7 @@ impl FitConfig {
         if self.method == MethodKind::Dense && self.keep != 1.0 {
             return bad("dense trains every weight: --keep applies to masking methods".into());
         }
-        if self.warmup_epochs + self.cooldown_epochs > self.epochs
+        if self.warmup_epochs + self.cooldown_epochs >= self.epochs
             && matches!(self.method, MethodKind::MovementHard | MethodKind::MovementSoft)
         {
             return bad(format!(

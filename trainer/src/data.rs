@@ -158,6 +158,12 @@ pub fn load_mnist(dir: &Path, split: Split) -> Result<Dataset> {
             format!("images must be a rank-3 IDX array, found dims {idims:?}"),
         ));
     }
+    if idims[1] == 0 || idims[2] == 0 {
+        return Err(Error::data(
+            &ipath,
+            format!("images of {}×{} pixels", idims[1], idims[2]),
+        ));
+    }
     if ldims.len() != 1 || ldims[0] != idims[0] {
         return Err(Error::data(
             &lpath,

@@ -11,8 +11,9 @@ use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
 use smk_format::{Input, Op, Window2d};
 
 use crate::error::{Error, Result};
+use crate::mask::Binarize;
 use crate::model::{MaskedLayer, Net, Node};
-use crate::train::{densities, final_rule, Run};
+use crate::train::{densities, Run};
 
 /// Precision of stored weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,9 +47,8 @@ fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
 }
 
 /// Builds the .smk bytes of a trained network.
-pub fn to_smk(net: &Net, run: &Run, dtype: WeightsDtype) -> Result<Vec<u8>> {
+pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Result<Vec<u8>> {
     let cfg = &run.cfg;
-    let rule = final_rule(cfg);
     let [c, h, w] = net.input;
     let mut b = ModelBuilder::new(&[c as u32, h as u32, w as u32])?;
     let task = cfg
@@ -176,8 +176,8 @@ pub fn to_smk(net: &Net, run: &Run, dtype: WeightsDtype) -> Result<Vec<u8>> {
 /// `trainer export RUN_DIR --out FILE`.
 pub fn export(run_dir: &Path, out: &Path, dtype: WeightsDtype) -> Result<ExportSummary> {
     let run = Run::open(run_dir)?;
-    let (net, _) = run.load_net(&candle_core::Device::Cpu)?;
-    let bytes = to_smk(&net, &run, dtype)?;
+    let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
+    let bytes = to_smk(&net, &run, rule, dtype)?;
     smk_format::writer::write_atomic(out, &bytes).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,

@@ -267,8 +267,7 @@ fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
         run.cfg.data = d;
     }
     let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
-    let (mut net, test) = run.load_net(&device)?;
-    let rule = train::final_rule(&run.cfg);
+    let (mut net, test, rule) = run.load_net(&device)?;
     let e = train::evaluate(&mut net, &test, rule, &device)?;
     let (density, overall) = train::densities(&net, rule)?;
     if json {

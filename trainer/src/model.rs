@@ -350,33 +350,72 @@ impl Builder<'_> {
         let index = self.net.layers.len();
         let l = self.plan.layer(name, vec![out, c, k, k], index, false)?;
         self.net.layers.push(l);
-        let o = |n: usize| (n + 2 * padding - k) / stride + 1;
+        let o = |n: usize| (n + 2 * padding).checked_sub(k).map(|span| span / stride + 1);
+        let (Some(oh), Some(ow)) = (o(h), o(w)) else {
+            return Err(Error::Config(format!(
+                "{name}: a {k}×{k} kernel does not fit a {h}×{w} activation: the images are too small for this model"
+            )));
+        };
         Ok(self.push(
             Node::Conv {
                 layer: index,
                 stride,
                 padding,
             },
-            vec![out, o(h), o(w)],
+            vec![out, oh, ow],
         ))
     }
     fn relu(&mut self) -> usize {
         let s = self.shape.clone();
         self.push(Node::Relu, s)
     }
-    fn max_pool(&mut self, k: usize) -> usize {
+    fn max_pool(&mut self, k: usize) -> Result<usize> {
+        if self.shape[1] < k || self.shape[2] < k {
+            return Err(Error::Config(format!(
+                "{k}×{k} pooling does not fit a {}×{} activation: the images are too small",
+                self.shape[1], self.shape[2]
+            )));
+        }
         let s = vec![self.shape[0], self.shape[1] / k, self.shape[2] / k];
-        self.push(Node::MaxPool(k), s)
+        Ok(self.push(Node::MaxPool(k), s))
     }
-    fn avg_pool(&mut self, k: usize) -> usize {
+    fn avg_pool(&mut self, k: usize) -> Result<usize> {
+        if self.shape[1] < k || self.shape[2] < k {
+            return Err(Error::Config(format!(
+                "{k}×{k} pooling does not fit a {}×{} activation: the images are too small",
+                self.shape[1], self.shape[2]
+            )));
+        }
         let s = vec![self.shape[0], self.shape[1] / k, self.shape[2] / k];
-        self.push(Node::AvgPool(k), s)
+        Ok(self.push(Node::AvgPool(k), s))
     }
     fn norm(&mut self, name: &str) -> Result<usize> {
         let c = self.shape[0];
         let dev = self.plan.device;
-        let affine = if self.plan.cfg.method.trains_weights() {
-            Some((Var::ones(c, DType::F32, dev)?, Var::zeros(c, DType::F32, dev)?))
+        let init = self.plan.init;
+        let loaded = |suffix: &str| -> Result<Option<Tensor>> {
+            let key = format!("{name}.{suffix}");
+            match init.and_then(|m| m.get(&key)) {
+                Some(t) if t.dims() != [c] => Err(Error::Config(format!(
+                    "--init-from: '{key}' is {:?}, the model needs [{c}]",
+                    t.dims()
+                ))),
+                Some(t) => Ok(Some(t.to_dtype(DType::F32)?.to_device(dev)?)),
+                None => Ok(None),
+            }
+        };
+        let trains = self.plan.cfg.method.trains_weights();
+        if !trains && init.is_some() && loaded("weight")?.is_some() {
+            return Err(Error::Config(format!(
+                "--init-from has an affine batch norm ('{name}.weight'), but {} keeps batch norms non-affine and would drop \
+                 its scale and shift: start from a non-affine model, or use a method that trains weights",
+                self.plan.cfg.method.id()
+            )));
+        }
+        let affine = if trains {
+            let g = loaded("weight")?.unwrap_or(Tensor::ones(c, DType::F32, dev)?);
+            let b = loaded("bias")?.unwrap_or(Tensor::zeros(c, DType::F32, dev)?);
+            Some((Var::from_tensor(&g)?, Var::from_tensor(&b)?))
         } else {
             None
         };
@@ -384,8 +423,8 @@ impl Builder<'_> {
             name: name.to_string(),
             channels: c,
             affine,
-            running_mean: Tensor::zeros(c, DType::F32, dev)?,
-            running_var: Tensor::ones(c, DType::F32, dev)?,
+            running_mean: loaded("running_mean")?.unwrap_or(Tensor::zeros(c, DType::F32, dev)?),
+            running_var: loaded("running_var")?.unwrap_or(Tensor::ones(c, DType::F32, dev)?),
             eps: 1e-5,
         });
         let s = self.shape.clone();
@@ -440,10 +479,10 @@ impl Net {
             ModelId::Lenet5 => {
                 b.conv("conv1", 6, 5, 1, 2)?;
                 b.relu();
-                b.max_pool(2);
+                b.max_pool(2)?;
                 b.conv("conv2", 16, 5, 1, 0)?;
                 b.relu();
-                b.max_pool(2);
+                b.max_pool(2)?;
                 b.flatten();
                 b.linear("fc1", 120, false)?;
                 b.relu();
@@ -459,7 +498,7 @@ impl Net {
                         b.relu();
                         k += 1;
                     }
-                    b.max_pool(2);
+                    b.max_pool(2)?;
                 }
                 b.flatten();
                 b.linear("fc1", 256, false)?;
@@ -492,7 +531,7 @@ impl Net {
                     x = b.relu();
                 }
                 let k = b.shape[1];
-                b.avg_pool(k);
+                b.avg_pool(k)?;
                 b.flatten();
                 b.linear("fc", classes, true)?;
             }
@@ -668,5 +707,52 @@ mod tests {
         assert_eq!(w[7][33], init.value(key, 300, 7, 33));
         assert!(w.iter().flatten().all(|v| v.abs() == init.scale));
         assert!((init.scale - (2.0f32 / 300.0).sqrt()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn batch_norms_load_from_init_or_refuse_to_drop_them() {
+        let dev = Device::Cpu;
+        let mut cfg = FitConfig::defaults(MethodKind::Dense);
+        cfg.model = "resnet-8".into();
+        let fresh = Net::build(&cfg, [1, 28, 28], 10, None, &dev).unwrap();
+        let mut init = fresh.tensors();
+        init.insert("bn1.running_mean".into(), Tensor::new(&[0.5f32; 16], &dev).unwrap());
+        init.insert("bn1.weight".into(), Tensor::new(&[2.0f32; 16], &dev).unwrap());
+        let net = Net::build(&cfg, [1, 28, 28], 10, Some(&init), &dev).unwrap();
+        assert_eq!(net.norms[0].running_mean.to_vec1::<f32>().unwrap(), [0.5; 16]);
+        assert_eq!(
+            net.norms[0]
+                .affine
+                .as_ref()
+                .unwrap()
+                .0
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap(),
+            [2.0; 16]
+        );
+        let masked = FitConfig {
+            method: MethodKind::EdgePopup,
+            ..cfg.clone()
+        };
+        let e = Net::build(&masked, [1, 28, 28], 10, Some(&init), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bn1.weight") && e.contains("non-affine"), "{e}");
+        init.insert("bn1.running_var".into(), Tensor::new(&[1.0f32; 3], &dev).unwrap());
+        let e = Net::build(&cfg, [1, 28, 28], 10, Some(&init), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bn1.running_var"), "{e}");
+    }
+
+    #[test]
+    fn inputs_too_small_for_a_model_are_refused() {
+        let mut cfg = FitConfig::defaults(MethodKind::EdgePopup);
+        cfg.model = "lenet-5".into();
+        let e = Net::build(&cfg, [1, 8, 8], 10, None, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too small"), "{e}");
     }
 }

@@ -168,7 +168,11 @@ impl Optimizer {
             .get("opt.steps")
             .ok_or_else(|| Error::Config("checkpoint has no optimizer state".into()))?
             .to_vec1::<u32>()?;
-        self.steps = steps[0] as u64 | (steps.get(1).copied().unwrap_or(0) as u64) << 32;
+        let lo = steps
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Config("checkpoint's optimizer step count is empty".into()))?;
+        self.steps = lo as u64 | (steps.get(1).copied().unwrap_or(0) as u64) << 32;
         for ((name, _), state) in self.vars.iter().zip(&mut self.state) {
             *state = (0..2)
                 .map_while(|i| tensors.get(&format!("opt.{name}.{i}")).cloned())

@@ -58,15 +58,22 @@ fn cuda_device(_: usize) -> Result<Device> {
 /// The data split a configuration trains or tests on (its task applied).
 pub fn load_split(cfg: &FitConfig, split: Split) -> Result<Dataset> {
     let ds = data::load(cfg.data_kind, &cfg.data, split)?;
-    match &cfg.task {
+    let ds = match &cfg.task {
         Some(t) => t
             .parse::<TaskFamily>()
             .map_err(Error::Config)?
-            .task(&ds, cfg.task_index, cfg.seed),
-        None => Ok(ds),
+            .task(&ds, cfg.task_index, cfg.seed)?,
+        None => ds,
+    };
+    if ds.is_empty() {
+        let which = if split == Split::Train { "training" } else { "test" };
+        return Err(Error::data(
+            &cfg.data,
+            format!("the {which} split holds no examples (for this task)"),
+        ));
     }
+    Ok(ds)
 }
-
 /// Output units of a model for `ds`: at least 10, so that models for the tasks of a split
 /// (whose labels are renumbered from 0) share one head shape and transfer between tasks.
 pub fn outputs(ds: &Dataset) -> usize {
@@ -118,11 +125,6 @@ pub fn rule_at(cfg: &FitConfig, epoch: usize, progress: f64) -> Binarize {
         },
         MethodKind::MovementSoft => Binarize::Sigmoid(cfg.threshold_at(epoch, progress)),
     }
-}
-
-/// The rule after training: what export and eval use.
-pub fn final_rule(cfg: &FitConfig) -> Binarize {
-    rule_at(cfg, cfg.epochs, 0.0)
 }
 
 /// Accuracy and loss over a data set.
@@ -229,8 +231,9 @@ impl Run {
         })
     }
 
-    /// Rebuilds the network from the checkpoint.
-    pub fn load_net(&self, device: &Device) -> Result<(Net, Dataset)> {
+    /// Rebuilds the network from the checkpoint, with the test split and the rule the network
+    /// had when the checkpoint was taken (a stopped movement run is not at its final density).
+    pub fn load_net(&self, device: &Device) -> Result<(Net, Dataset, Binarize)> {
         let test = load_split(&self.cfg, Split::Test)?;
         let file = self.dir.join(CHECKPOINT);
         let tensors = candle_core::safetensors::load(&file, device)
@@ -238,17 +241,41 @@ impl Run {
         let mut net = Net::build(&self.cfg, test.shape, outputs(&test), Some(&tensors), device)?;
         net.load(&tensors)?;
         restore_seeded(&mut net, &self.cfg, test.shape, outputs(&test))?;
-        Ok((net, test))
+        let epochs = checkpoint_epoch(&tensors, &file)?;
+        Ok((net, test, rule_at(&self.cfg, epochs, 0.0)))
     }
 
     /// Every metrics line so far.
     pub fn metrics(&self) -> Result<Vec<EpochMetrics>> {
         let path = self.dir.join(METRICS);
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).map_err(|e| Error::data(&path, e.to_string())))
-            .collect()
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let mut out = Vec::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            match serde_json::from_str(l) {
+                Ok(m) => out.push(m),
+                // A line cut short by a crash mid-append: its epoch is recomputed on resume.
+                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
+                Err(e) => return Err(Error::data(&path, format!("line {}: {e}", i + 1))),
+            }
+        }
+        Ok(out)
     }
+}
+
+/// Epochs a checkpoint holds.
+fn checkpoint_epoch(tensors: &HashMap<String, Tensor>, file: &Path) -> Result<usize> {
+    let t = tensors
+        .get("state.epoch")
+        .ok_or_else(|| Error::data(file, "checkpoint has no state.epoch"))?;
+    let v: Vec<u32> = t.flatten_all()?.to_vec1()?;
+    v.first()
+        .map(|&e| e as usize)
+        .ok_or_else(|| Error::data(file, "checkpoint's state.epoch is empty"))
 }
 
 /// Loading a checkpoint through `init` marks weights as loaded; frozen seeded weights keep their
@@ -266,11 +293,18 @@ fn restore_seeded(net: &mut Net, cfg: &FitConfig, input: [usize; 3], classes: us
 
 fn atomic_save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let tmp = path.with_extension("safetensors.tmp");
+    let io = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
     candle_core::safetensors::save(tensors, &tmp).map_err(|e| Error::data(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    // On disk before the rename, so a power cut leaves the old checkpoint or the new, whole.
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 /// Options of a `fit` call that are not part of the run's configuration.
@@ -297,10 +331,17 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
         if !ckpt_path.exists() {
             return Err(Error::data(&ckpt_path, "no checkpoint to resume from"));
         }
-        FitConfig {
-            epochs: cfg.epochs.max(saved.epochs),
-            ..saved
+        let epochs = cfg.epochs.max(saved.epochs);
+        let scheduled = saved.schedule == Schedule::Cosine
+            || matches!(saved.method, MethodKind::MovementHard | MethodKind::MovementSoft);
+        if epochs != saved.epochs && scheduled {
+            return Err(Error::Config(format!(
+                "--epochs {epochs} would change this run's schedule (planned over {} epochs) midway: \
+                 start a new run instead",
+                saved.epochs
+            )));
         }
+        FitConfig { epochs, ..saved }
     } else {
         if ckpt_path.exists() {
             return Err(Error::Config(format!(
@@ -336,16 +377,12 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
             candle_core::safetensors::load(&ckpt_path, &device).map_err(|e| Error::data(&ckpt_path, e.to_string()))?;
         net.load(&saved)?;
         opt.load_state(&saved)?;
-        start = saved
-            .get("state.epoch")
-            .ok_or_else(|| Error::data(&ckpt_path, "no state.epoch"))?
-            .to_vec1::<u32>()?[0] as usize;
+        start = checkpoint_epoch(&saved, &ckpt_path)?;
     }
     let mut teacher = match &cfg.teacher {
         Some(t) => {
-            let run = Run::open(t)?;
-            let rule = final_rule(&run.cfg);
-            Some((run.load_net(&device)?.0, rule))
+            let (net, _, rule) = Run::open(t)?.load_net(&device)?;
+            Some((net, rule))
         }
         None => None,
     };
@@ -428,12 +465,8 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
             overall_density,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        // Checkpoint first, then the metrics line: a crash between leaves a checkpoint whose
-        // epoch's line resume drops and recomputes.
-        let mut tensors = net.tensors();
-        tensors.extend(opt.state_tensors()?);
-        tensors.insert("state.epoch".into(), Tensor::new(&[(epoch + 1) as u32], &device)?);
-        atomic_save(&tensors, &ckpt_path)?;
+        // The metrics line first, then the checkpoint: a crash between leaves a line for an
+        // epoch the checkpoint does not hold, which resume drops and recomputes.
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -445,6 +478,11 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
             serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?
         )
         .map_err(io(&metrics_path))?;
+        drop(f);
+        let mut tensors = net.tensors();
+        tensors.extend(opt.state_tensors()?);
+        tensors.insert("state.epoch".into(), Tensor::new(&[(epoch + 1) as u32], &device)?);
+        atomic_save(&tensors, &ckpt_path)?;
         if !opts.quiet {
             eprintln!(
                 "epoch {:>3}/{}  loss {:.4}  train {:.2}%  test {:.2}%  kept {:.3}  {:.1}s",

@@ -64,9 +64,10 @@ fn bad_invocations_fail_with_one_clear_line() {
     for (args, says) in [
         (vec!["fit", "--keep", "0.1,0.5", "--out", out], "trainer sweep"),
         (
-            vec!["fit", "--device", "cuda", "--epochs", "1", "--out", out],
-            "built without CUDA",
+            vec!["fit", "--block", "2048x4", "--method", "block", "--out", out],
+            "1 to 1024",
         ),
+        (vec!["fit", "--temperature", "0", "--out", out], "--temperature"),
         (vec!["fit", "--model", "vgg-16", "--out", out], "unknown model 'vgg-16'"),
         (vec!["fit", "--method", "piggyback", "--out", out], "--init-from"),
         (vec!["fit", "--keep", "1.5", "--out", out], "--keep 1.5"),
@@ -82,4 +83,24 @@ fn bad_invocations_fail_with_one_clear_line() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
         let _ = std::fs::remove_dir_all(tmp.path().join("x"));
     }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_on_a_cpu_build_says_how_to_get_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let (ok, _, err) = trainer(&[
+        "fit",
+        "--device",
+        "cuda",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("built without CUDA") && err.contains("--features cuda"),
+        "{err}"
+    );
 }

@@ -120,14 +120,8 @@ fn fit_refuses_to_overwrite_and_eval_reads_back() {
         .to_string();
     assert!(e.contains("--resume"), "{e}");
     let run = Run::open(&dir).unwrap();
-    let (mut net, test) = run.load_net(&candle_core::Device::Cpu).unwrap();
-    let ev = smk_trainer::train::evaluate(
-        &mut net,
-        &test,
-        smk_trainer::train::final_rule(&run.cfg),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let (mut net, test, rule) = run.load_net(&candle_core::Device::Cpu).unwrap();
+    let ev = smk_trainer::train::evaluate(&mut net, &test, rule, &candle_core::Device::Cpu).unwrap();
     assert_eq!(
         ev.accuracy, m[0].test_accuracy,
         "eval of the checkpoint matches the run's own metric"
@@ -198,7 +192,7 @@ fn init_from_reads_pytorch_style_safetensors() {
     };
     let dir = tmp.path().join("pb");
     fit(&dir, cfg, QUIET).unwrap();
-    let (net, _) = Run::open(&dir).unwrap().load_net(&dev).unwrap();
+    let (net, _, _) = Run::open(&dir).unwrap().load_net(&dev).unwrap();
     let want = tensors["fc2.weight"]
         .to_dtype(candle_core::DType::F32)
         .unwrap()
@@ -235,20 +229,61 @@ fn split_task_runs_evaluate_and_export() {
     };
     fit(&dir, cfg, QUIET).unwrap();
     let run = Run::open(&dir).unwrap();
-    let (mut net, test) = run.load_net(&candle_core::Device::Cpu).unwrap();
+    let (mut net, test, rule) = run.load_net(&candle_core::Device::Cpu).unwrap();
     assert_eq!(test.classes, 5);
     assert!(test.labels.iter().all(|&l| l < 5));
-    let e = smk_trainer::train::evaluate(
-        &mut net,
-        &test,
-        smk_trainer::train::final_rule(&run.cfg),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let e = smk_trainer::train::evaluate(&mut net, &test, rule, &candle_core::Device::Cpu).unwrap();
     assert_eq!(e.per_class.len(), 5);
     let out = tmp.path().join("m.smk");
     export(&dir, &out, WeightsDtype::F16).unwrap();
     let bytes = std::fs::read(&out).unwrap();
     let m = smk_format::Model::parse(&bytes).unwrap();
     assert_eq!(m.mask_set(0).unwrap().name, "split:2#1");
+}
+
+#[test]
+fn interrupted_writes_are_survived() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let cfg = FitConfig {
+        warmup_epochs: 0,
+        cooldown_epochs: 1,
+        keep: 0.2,
+        ..config(&data, MethodKind::MovementHard, 3)
+    };
+    let whole = fit(&tmp.path().join("whole"), cfg.clone(), QUIET).unwrap();
+
+    let dir = tmp.path().join("cut");
+    fit(
+        &dir,
+        cfg.clone(),
+        FitOptions {
+            stop_after: Some(1),
+            ..QUIET
+        },
+    )
+    .unwrap();
+    // A stopped movement run is evaluated at the density it had, not the final one.
+    let run = Run::open(&dir).unwrap();
+    let (_, _, rule) = run.load_net(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(rule, smk_trainer::train::rule_at(&cfg, 1, 0.0));
+    assert_ne!(rule, smk_trainer::train::rule_at(&cfg, 3, 0.0));
+    // A crash after the metrics line of epoch 2 but before its checkpoint, then a crash in the
+    // middle of appending the next line.
+    let metrics = dir.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    let orphan = text.lines().next().unwrap().replace("\"epoch\":1", "\"epoch\":2");
+    text += &format!("{orphan}\n{{\"schema\":1,\"epo");
+    std::fs::write(&metrics, text).unwrap();
+    assert_eq!(run.metrics().unwrap().len(), 2, "the cut line is skipped");
+    let resumed = fit(&dir, cfg, FitOptions { resume: true, ..QUIET }).unwrap();
+    for (a, b) in whole.iter().zip(&resumed) {
+        assert_eq!(
+            (a.epoch, a.test_accuracy, a.train_loss, a.overall_density),
+            (b.epoch, b.test_accuracy, b.train_loss, b.overall_density)
+        );
+    }
+    assert_eq!(resumed.len(), 3);
 }
