@@ -369,7 +369,8 @@ impl Builder<'_> {
         let s = self.shape.clone();
         self.push(Node::Relu, s)
     }
-    fn max_pool(&mut self, k: usize) -> Result<usize> {
+    /// k×k pooling with stride k (`node` is `Node::MaxPool` or `Node::AvgPool`).
+    fn pool(&mut self, node: fn(usize) -> Node, k: usize) -> Result<usize> {
         if self.shape[1] < k || self.shape[2] < k {
             return Err(Error::Config(format!(
                 "{k}×{k} pooling does not fit a {}×{} activation: the images are too small",
@@ -377,17 +378,7 @@ impl Builder<'_> {
             )));
         }
         let s = vec![self.shape[0], self.shape[1] / k, self.shape[2] / k];
-        Ok(self.push(Node::MaxPool(k), s))
-    }
-    fn avg_pool(&mut self, k: usize) -> Result<usize> {
-        if self.shape[1] < k || self.shape[2] < k {
-            return Err(Error::Config(format!(
-                "{k}×{k} pooling does not fit a {}×{} activation: the images are too small",
-                self.shape[1], self.shape[2]
-            )));
-        }
-        let s = vec![self.shape[0], self.shape[1] / k, self.shape[2] / k];
-        Ok(self.push(Node::AvgPool(k), s))
+        Ok(self.push(node(k), s))
     }
     fn norm(&mut self, name: &str) -> Result<usize> {
         let c = self.shape[0];
@@ -479,10 +470,10 @@ impl Net {
             ModelId::Lenet5 => {
                 b.conv("conv1", 6, 5, 1, 2)?;
                 b.relu();
-                b.max_pool(2)?;
+                b.pool(Node::MaxPool, 2)?;
                 b.conv("conv2", 16, 5, 1, 0)?;
                 b.relu();
-                b.max_pool(2)?;
+                b.pool(Node::MaxPool, 2)?;
                 b.flatten();
                 b.linear("fc1", 120, false)?;
                 b.relu();
@@ -498,7 +489,7 @@ impl Net {
                         b.relu();
                         k += 1;
                     }
-                    b.max_pool(2)?;
+                    b.pool(Node::MaxPool, 2)?;
                 }
                 b.flatten();
                 b.linear("fc1", 256, false)?;
@@ -531,7 +522,7 @@ impl Net {
                     x = b.relu();
                 }
                 let k = b.shape[1];
-                b.avg_pool(k)?;
+                b.pool(Node::AvgPool, k)?;
                 b.flatten();
                 b.linear("fc", classes, true)?;
             }
