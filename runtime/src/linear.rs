@@ -1,0 +1,485 @@
+//! Weight matrix × batch of vectors, for every storage, layout and mask kind: picks the kernel
+//! and the instruction set, checks every length before a kernel sees a pointer.
+
+use crate::simd::kernels::{self, BlockGeometry, Rows};
+use crate::simd::{self, Bf16, Elem, F16};
+use crate::{Error, Isa};
+use smk_format::seeded::draw;
+use smk_format::{InitRule, Layout, Mask, MaskKind, Storage, Tensor};
+
+/// Calls kernel `$f` of the instruction set `$isa`.
+macro_rules! on_isa {
+    ($isa:expr, $f:ident($($a:expr),* $(,)?)) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => simd::avx512::$f($($a),*),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => simd::avx2::$f($($a),*),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => simd::neon::$f($($a),*),
+            _ => simd::scalar::$f($($a),*),
+        }
+    };
+}
+
+/// f32 lanes of an instruction set's vectors.
+fn lanes(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 | Isa::Scalar => 8,
+        Isa::Neon => 4,
+    }
+}
+
+/// Where a product reads its inputs and writes its outputs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Io {
+    /// Input vectors.
+    pub batch: usize,
+    /// f32 between input vectors.
+    pub x_stride: usize,
+    /// f32 between the outputs of consecutive inputs.
+    pub y_batch: usize,
+    /// f32 between the outputs of consecutive rows.
+    pub y_row: usize,
+}
+
+/// How the product will run: decided from the tensor and mask alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// Row-major stored weights, no mask or an element mask.
+    Dense,
+    /// Tile-major or packed stored weights: only kept blocks.
+    Blocks { r: usize, c: usize },
+    /// Signed-constant seeded weights, no mask or an element mask.
+    Signed,
+    /// Signed-constant seeded weights under a block mask.
+    SignedBlocks { r: usize, c: usize },
+    /// Other seeded weights: each row generated, then a dense row.
+    Generated,
+    /// Anything else the format allows: the plain reference loop.
+    Reference,
+}
+
+fn path(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> Path {
+    let block = mask.filter(|m| m.kind == MaskKind::Block).map(|m| m.block);
+    match (t.storage, t.layout, block) {
+        (Storage::Seeded(init), _, None) if init.rule == InitRule::SignedConstant => Path::Signed,
+        (Storage::Seeded(init), _, Some(b)) if init.rule == InitRule::SignedConstant => {
+            Path::SignedBlocks { r: b[0] as usize, c: b[1] as usize }
+        }
+        (Storage::Seeded(_), _, _) => Path::Generated,
+        (_, Layout::RowMajor, None) => Path::Dense,
+        (_, Layout::TileMajor { block: tb } | Layout::Packed { block: tb, .. }, b) if mask.is_none() || b == Some(tb) => {
+            Path::Blocks { r: tb[0] as usize, c: tb[1] as usize }
+        }
+        _ => Path::Reference,
+    }
+}
+
+/// A short name of the kernel that runs `t` under `mask`.
+pub(crate) fn kernel_name(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> &'static str {
+    let element = mask.is_some();
+    match (path(t, mask), t.layout) {
+        (Path::Dense, _) if element => "dense, element mask",
+        (Path::Dense, _) => "dense",
+        (Path::Blocks { .. }, Layout::Packed { .. }) => "packed blocks",
+        (Path::Blocks { .. }, _) => "tile-major blocks",
+        (Path::Signed, _) if element => "signed-constant, element mask",
+        (Path::Signed, _) => "signed-constant",
+        (Path::SignedBlocks { .. }, _) => "signed-constant, block mask",
+        (Path::Generated, _) => "generated rows",
+        (Path::Reference, _) => "reference loop",
+    }
+}
+
+fn round_up(n: usize, m: usize) -> usize {
+    n.div_ceil(m) * m
+}
+
+/// f32 of scratch [`matvec`] needs for `t` under `mask` with `batch` inputs (`None`: too large).
+pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) -> Option<usize> {
+    let (rows, cols) = t.matrix();
+    let (_rows, cols) = (usize::try_from(rows).ok()?, usize::try_from(cols).ok()?);
+    let words = cols.div_ceil(64);
+    let padded_input = |c: usize| if cols % c == 0 { Some(0) } else { batch.checked_mul(round_up(cols, c)) };
+    let n = match path(t, mask) {
+        Path::Dense | Path::Reference => 0,
+        Path::Blocks { c, .. } => padded_input(c)?,
+        // The row's sign words (two f32 each), then Σx per input.
+        Path::Signed => round_up(2 * words, 16) + batch,
+        Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
+        Path::Generated => cols,
+    };
+    Some(round_up(n, 16))
+}
+
+/// `y[b·y_batch + o·y_row] = Σ_c W'[o, c] · x[b·x_stride + c]` for every output row `o` and input
+/// `b`, `W'` the weights of `t` with `mask` applied. `work` holds [`work_len`] f32.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matvec(
+    isa: Isa,
+    t: &Tensor<'_>,
+    mask: Option<&Mask<'_>>,
+    x: &[f32],
+    y: &mut [f32],
+    io: Io,
+    work: &mut [f32],
+    layer: u32,
+) -> Result<(), Error> {
+    let bad = Error::Inconsistent { layer };
+    let (rows, cols) = t.matrix();
+    let (rows, cols) = (usize::try_from(rows).map_err(|_| bad.clone())?, usize::try_from(cols).map_err(|_| bad.clone())?);
+    if io.batch == 0 || rows == 0 {
+        return Ok(());
+    }
+    // Every kernel reads inputs (b, c < cols) and writes outputs (b, o < rows): check both ends.
+    let x_need = (io.batch - 1) * io.x_stride + cols;
+    let y_need = (io.batch - 1) * io.y_batch + (rows - 1) * io.y_row + 1;
+    if x.len() < x_need || y.len() < y_need || work.len() < work_len(t, mask, io.batch).ok_or(bad.clone())? {
+        return Err(bad);
+    }
+    if let Some(m) = mask {
+        let (br, bc) = (m.block[0] as u64, m.block[1] as u64);
+        if m.grid != ((rows as u64).div_ceil(br), (cols as u64).div_ceil(bc)) {
+            return Err(bad);
+        }
+    }
+    let words = cols.div_ceil(64);
+    let element_mask = |m: Option<&Mask<'_>>| -> Result<*const u64, Error> {
+        match m {
+            None => Ok(core::ptr::null()),
+            Some(m) => match m.as_words() {
+                Some(w) if w.len() >= rows * words && m.words_per_row as usize == words => Ok(w.as_ptr()),
+                _ => Err(Error::Inconsistent { layer }),
+            },
+        }
+    };
+    let geometry = Rows {
+        rows,
+        cols,
+        w_stride: cols,
+        mask_stride: words,
+        batch: io.batch,
+        x_stride: io.x_stride,
+        y_batch: io.y_batch,
+        y_row: io.y_row,
+    };
+    match path(t, mask) {
+        Path::Dense => {
+            let m = element_mask(mask)?;
+            let n = rows * cols;
+            match t.storage {
+                Storage::F32 => {
+                    let w = t.as_f32().filter(|w| w.len() >= n).ok_or(bad)?;
+                    // SAFETY: `isa` is available (the plan's invariant); weights, mask, inputs and
+                    // outputs hold what the geometry reads and writes (checked above).
+                    unsafe { on_isa!(isa, dense_rows(w.as_ptr(), m, geometry, x.as_ptr(), y.as_mut_ptr())) }
+                }
+                Storage::F16 => {
+                    let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
+                    // SAFETY: as above; `F16` is a transparent u16.
+                    unsafe { on_isa!(isa, dense_rows(w.as_ptr().cast::<F16>(), m, geometry, x.as_ptr(), y.as_mut_ptr())) }
+                }
+                Storage::Bf16 => {
+                    let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
+                    // SAFETY: as above; `Bf16` is a transparent u16.
+                    unsafe { on_isa!(isa, dense_rows(w.as_ptr().cast::<Bf16>(), m, geometry, x.as_ptr(), y.as_mut_ptr())) }
+                }
+                Storage::Seeded(_) => return Err(bad),
+            }
+        }
+        Path::Blocks { r, c } => match t.storage {
+            Storage::F32 => blocks(isa, t, mask, t.as_f32().ok_or(bad)?, r, c, rows, cols, x, y, io, work, layer)?,
+            Storage::F16 => {
+                let w: &[F16] = bytemuck_u16(t.as_u16().ok_or(bad)?);
+                blocks(isa, t, mask, w, r, c, rows, cols, x, y, io, work, layer)?
+            }
+            Storage::Bf16 => {
+                let w: &[Bf16] = bytemuck_u16(t.as_u16().ok_or(bad)?);
+                blocks(isa, t, mask, w, r, c, rows, cols, x, y, io, work, layer)?
+            }
+            Storage::Seeded(_) => return Err(bad),
+        },
+        Path::Signed => {
+            let Storage::Seeded(init) = t.storage else { return Err(bad) };
+            let key = init.key();
+            let m = element_mask(mask)?;
+            let sign_f32 = round_up(2 * words, 16);
+            let (sign_area, rest) = work.split_at_mut(sign_f32);
+            let signs: &mut [u64] = bytemuck::try_cast_slice_mut(&mut sign_area[..2 * words]).map_err(|_| bad.clone())?;
+            let totals = &mut rest[..io.batch];
+            for (b, t) in totals.iter_mut().enumerate() {
+                *t = x[b * io.x_stride..b * io.x_stride + cols].iter().sum();
+            }
+            for o in 0..rows {
+                for (i, s) in signs.iter_mut().enumerate() {
+                    *s = draw(key, (o * words + i) as u64);
+                }
+                let g = Rows { rows: 1, ..geometry };
+                let mo = if m.is_null() { m } else { m.wrapping_add(o * words) };
+                // SAFETY: as for the dense path; `signs` holds one row of words, `totals` one
+                // value per input, and output row `o` is inside `y`.
+                unsafe {
+                    on_isa!(
+                        isa,
+                        signed_rows(signs.as_ptr(), mo, g, x.as_ptr(), totals.as_ptr(), init.scale, y.as_mut_ptr().add(o * io.y_row))
+                    )
+                }
+            }
+        }
+        Path::SignedBlocks { r, c } => {
+            let Storage::Seeded(init) = t.storage else { return Err(bad) };
+            let mask = mask.ok_or(bad.clone())?;
+            let mw = mask.as_words().ok_or(bad.clone())?;
+            let grid_cols = cols.div_ceil(c);
+            let (xp, xs, rest) = padded(x, io, cols, c, work);
+            let sums = &mut rest[..io.batch * grid_cols];
+            for b in 0..io.batch {
+                for gc in 0..grid_cols {
+                    sums[b * grid_cols + gc] = xp[b * xs + gc * c..b * xs + ((gc + 1) * c).min(cols)].iter().sum();
+                }
+            }
+            let key = init.key();
+            let mwpr = mask.words_per_row as usize;
+            for gr in 0..rows.div_ceil(r) {
+                let row_words = mw.get(gr * mwpr..(gr + 1) * mwpr).ok_or(bad.clone())?;
+                let set = SetBits::new(row_words, grid_cols, gr * grid_cols);
+                let g = BlockGeometry {
+                    r,
+                    c,
+                    rows_here: r.min(rows - gr * r),
+                    cols,
+                    grid_cols,
+                    batch: io.batch,
+                    x_stride: xs,
+                    y_batch: io.y_batch,
+                    y_row: io.y_row,
+                };
+                let yp = y[gr * r * io.y_row..].as_mut_ptr();
+                let row0 = (gr * r) as u64;
+                let kisa = if isa == Isa::Avx512 && c % 16 != 0 { Isa::Avx2 } else { isa };
+                // SAFETY: the padded input holds grid_cols·C values per input, the sums
+                // grid_cols per input, and the block row's outputs are inside `y` (checked
+                // above); `kisa` is available (AVX-512 implies AVX2).
+                unsafe {
+                    if c % lanes(kisa) == 0 && 64 % c == 0 {
+                        on_isa!(kisa, signed_block_row(key, row0, set, g, xp.as_ptr(), sums.as_ptr(), init.scale, yp))
+                    } else {
+                        kernels::signed_block_row_plain(key, row0, set, g, xp.as_ptr(), sums.as_ptr(), init.scale, yp)
+                    }
+                }
+            }
+        }
+        Path::Generated => {
+            let Storage::Seeded(init) = t.storage else { return Err(bad) };
+            let key = init.key();
+            let row = &mut work[..cols];
+            let block = mask.filter(|m| m.kind == MaskKind::Block);
+            let m = if block.is_some() { core::ptr::null() } else { element_mask(mask)? };
+            for o in 0..rows {
+                init.fill_row(key, o as u64, row);
+                if let Some(bm) = block {
+                    let (br, bc) = (bm.block[0] as u64, bm.block[1] as u64);
+                    for (c, v) in row.iter_mut().enumerate() {
+                        if !bm.bit(o as u64 / br, c as u64 / bc) {
+                            *v = 0.0;
+                        }
+                    }
+                }
+                let g = Rows { rows: 1, ..geometry };
+                let mo = if m.is_null() { m } else { m.wrapping_add(o * words) };
+                // SAFETY: as for the dense path, with one generated row of `cols` weights.
+                unsafe { on_isa!(isa, dense_rows(row.as_ptr(), mo, g, x.as_ptr(), y.as_mut_ptr().add(o * io.y_row))) }
+            }
+        }
+        Path::Reference => {
+            for b in 0..io.batch {
+                for o in 0..rows {
+                    let mut acc = 0f32;
+                    for c in 0..cols {
+                        if mask.is_none_or(|m| m.keeps(o as u64, c as u64)) {
+                            acc += t.value(o as u64, c as u64) * x[b * io.x_stride + c];
+                        }
+                    }
+                    y[b * io.y_batch + o * io.y_row] = acc;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bytemuck_u16<E: Elem>(w: &[u16]) -> &[E] {
+    // Only called with the transparent u16 wrappers.
+    debug_assert_eq!(core::mem::size_of::<E>(), 2);
+    // SAFETY: `E` is `F16` or `Bf16`, `#[repr(transparent)]` over `u16`: same size, alignment
+    // and validity, so the slice reinterprets exactly.
+    unsafe { core::slice::from_raw_parts(w.as_ptr().cast::<E>(), w.len()) }
+}
+
+/// The input with each vector padded with zeros to whole `c`-wide block columns: `x` itself
+/// when `cols` is a multiple of `c`, else a copy in `work`. Returns the input, its stride and
+/// what is left of `work`.
+fn padded<'w>(x: &'w [f32], io: Io, cols: usize, c: usize, work: &'w mut [f32]) -> (&'w [f32], usize, &'w mut [f32]) {
+    if cols % c == 0 {
+        return (x, io.x_stride, work);
+    }
+    let stride = round_up(cols, c);
+    let (pad, rest) = work.split_at_mut(io.batch * stride);
+    for b in 0..io.batch {
+        let dst = &mut pad[b * stride..(b + 1) * stride];
+        dst[..cols].copy_from_slice(&x[b * io.x_stride..b * io.x_stride + cols]);
+        dst[cols..].fill(0.0);
+    }
+    (pad, stride, rest)
+}
+
+/// The set bits of one block row's mask words, as `(block column, tile number)`.
+#[derive(Clone, Debug)]
+struct SetBits<'a> {
+    words: &'a [u64],
+    word: usize,
+    bits: u64,
+    grid_cols: usize,
+    tile0: usize,
+}
+
+impl<'a> SetBits<'a> {
+    fn new(words: &'a [u64], grid_cols: usize, tile0: usize) -> Self {
+        Self { words, word: 0, bits: words.first().copied().unwrap_or(0), grid_cols, tile0 }
+    }
+}
+
+impl Iterator for SetBits<'_> {
+    type Item = (usize, usize);
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        while self.bits == 0 {
+            self.word += 1;
+            self.bits = *self.words.get(self.word)?;
+        }
+        let gc = self.word * 64 + self.bits.trailing_zeros() as usize;
+        self.bits &= self.bits - 1;
+        // Padding bits past the grid are zero in a verified file; stop at them in any file.
+        (gc < self.grid_cols).then_some((gc, self.tile0 + gc))
+    }
+}
+
+/// Every block of a row: a tile-major matrix without a mask.
+#[derive(Clone, Debug)]
+struct AllBlocks {
+    gc: usize,
+    grid_cols: usize,
+    tile0: usize,
+}
+
+impl Iterator for AllBlocks {
+    type Item = (usize, usize);
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        (self.gc < self.grid_cols).then(|| {
+            self.gc += 1;
+            (self.gc - 1, self.tile0 + self.gc - 1)
+        })
+    }
+}
+
+/// The kept blocks of a packed block row, from its index.
+#[derive(Clone, Debug)]
+struct PackedBlocks<'a> {
+    index: smk_format::BlockIndex<'a>,
+    k: u32,
+    end: u32,
+    grid_cols: usize,
+    stored: usize,
+}
+
+impl Iterator for PackedBlocks<'_> {
+    type Item = (usize, usize);
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if self.k >= self.end {
+            return None;
+        }
+        let (k, gc) = (self.k as usize, self.index.col(self.k) as usize);
+        self.k += 1;
+        // The index was validated when the file was parsed; a block outside stays unread.
+        (gc < self.grid_cols && k < self.stored).then_some((gc, k))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blocks<E: Elem>(
+    isa: Isa,
+    t: &Tensor<'_>,
+    mask: Option<&Mask<'_>>,
+    data: &[E],
+    r: usize,
+    c: usize,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+    io: Io,
+    work: &mut [f32],
+    layer: u32,
+) -> Result<(), Error> {
+    let bad = Error::Inconsistent { layer };
+    let (grid_rows, grid_cols) = (rows.div_ceil(r), cols.div_ceil(c));
+    let area = r * c;
+    let (xp, xs, _) = padded(x, io, cols, c, work);
+    let kisa = if isa == Isa::Avx512 && c % 16 != 0 { Isa::Avx2 } else { isa };
+    let simd = c % lanes(kisa) == 0;
+    let mask_words = match mask {
+        Some(m) => Some((m.as_words().ok_or(bad.clone())?, m.words_per_row as usize)),
+        None => None,
+    };
+    for gr in 0..grid_rows {
+        let g = BlockGeometry {
+            r,
+            c,
+            rows_here: r.min(rows - gr * r),
+            cols,
+            grid_cols,
+            batch: io.batch,
+            x_stride: xs,
+            y_batch: io.y_batch,
+            y_row: io.y_row,
+        };
+        let yp = y[gr * r * io.y_row..].as_mut_ptr();
+        macro_rules! run {
+            ($blocks:expr) => {{
+                let blocks = $blocks;
+                // SAFETY: every block the iterator yields is stored in `data` (tile numbers below
+                // grid_rows·grid_cols, checked against the data length; packed numbers below
+                // the stored count); inputs are padded to grid_cols·C; the block row's outputs
+                // are inside `y`; `kisa` is available.
+                unsafe {
+                    if simd {
+                        on_isa!(kisa, block_row(data.as_ptr(), blocks, g, xp.as_ptr(), yp))
+                    } else {
+                        kernels::block_row_plain(data.as_ptr(), blocks, g, xp.as_ptr(), yp)
+                    }
+                }
+            }};
+        }
+        match t.layout {
+            Layout::TileMajor { .. } => {
+                if data.len() < grid_rows * grid_cols * area {
+                    return Err(bad);
+                }
+                match mask_words {
+                    Some((w, wpr)) => run!(SetBits::new(w.get(gr * wpr..(gr + 1) * wpr).ok_or(bad.clone())?, grid_cols, gr * grid_cols)),
+                    None => run!(AllBlocks { gc: 0, grid_cols, tile0: gr * grid_cols }),
+                }
+            }
+            Layout::Packed { index, .. } => {
+                let range = index.row_range(gr as u32);
+                run!(PackedBlocks { index, k: range.start, end: range.end, grid_cols, stored: data.len() / area })
+            }
+            Layout::RowMajor => return Err(bad),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! The kernels, written once over [`Lanes`]: a weight matrix (stored or regenerated, masked per
+//! element or per block) times a batch of input vectors. Each writes its outputs (no bias); the
+//! layer code adds biases.
+//!
+//! Every function here is `unsafe` with one contract: the CPU has `L`'s features, and every
+//! pointer is valid for the elements the geometry says it reads or writes.
+
+use super::{Elem, Lanes};
+use smk_format::seeded::draw;
+
+/// Geometry of a row kernel: `rows` weight rows of `cols` columns against `batch` inputs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rows {
+    /// Weight rows.
+    pub rows: usize,
+    /// Columns (inputs per row).
+    pub cols: usize,
+    /// Elements between weight rows.
+    pub w_stride: usize,
+    /// 64-bit words between mask rows (and sign rows).
+    pub mask_stride: usize,
+    /// Input vectors.
+    pub batch: usize,
+    /// f32 between input vectors.
+    pub x_stride: usize,
+    /// f32 between the outputs of consecutive inputs.
+    pub y_batch: usize,
+    /// f32 between the outputs of consecutive rows.
+    pub y_row: usize,
+}
+
+/// Geometry of one block row of an `R × C` block grid.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockGeometry {
+    /// Block rows `R`.
+    pub r: usize,
+    /// Block columns `C`.
+    pub c: usize,
+    /// Rows of this block row inside the matrix (`R`, or fewer at the bottom edge).
+    pub rows_here: usize,
+    /// Columns of the matrix.
+    pub cols: usize,
+    /// Blocks per grid row.
+    pub grid_cols: usize,
+    /// Input vectors.
+    pub batch: usize,
+    /// f32 between input vectors; each holds `grid_cols · C` readable values, zero past `cols`.
+    pub x_stride: usize,
+    /// f32 between the outputs of consecutive inputs.
+    pub y_batch: usize,
+    /// f32 between the outputs of consecutive rows.
+    pub y_row: usize,
+}
+
+/// The kept blocks of one block row, as `(block column, block number in the data)`.
+pub(crate) trait Blocks: Iterator<Item = (usize, usize)> + Clone {}
+impl<T: Iterator<Item = (usize, usize)> + Clone> Blocks for T {}
+
+/// The low `n` bits set.
+#[inline(always)]
+pub(crate) const fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The `L::W` mask bits of columns `c ..` (`c` a multiple of `L::W`).
+#[inline(always)]
+unsafe fn mask_bits<L: Lanes>(mask: *const u64, c: usize) -> u64 {
+    // SAFETY: the caller's contract covers the mask row.
+    (unsafe { *mask.add(c / 64) } >> (c % 64)) & low_bits(L::W)
+}
+
+/// Loads the `n < W` elements at `p`, the other lanes 0.
+#[inline(always)]
+unsafe fn load_tail<L: Lanes, E: Elem>(p: *const E, n: usize) -> L::V {
+    let mut buf = [E::default(); 16];
+    // SAFETY: `p` is valid for `n` elements (the caller's contract), `buf` for 16 ≥ W.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        E::load::<L>(buf.as_ptr())
+    }
+}
+
+/// Loads `W` elements at column `c`, or the `cols − c` left at the tail.
+#[inline(always)]
+unsafe fn load_at<L: Lanes, E: Elem>(p: *const E, c: usize, cols: usize) -> L::V {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if c + L::W <= cols {
+            E::load::<L>(p.add(c))
+        } else {
+            load_tail::<L, E>(p.add(c), cols - c)
+        }
+    }
+}
+
+/// `y[b, o] = Σ_c w[o, c] · m[o, c] · x[b, c]`, `m` the bits at `mask` (all ones when null).
+///
+/// # Safety
+/// See the module: `w` holds `rows` rows at `w_stride`, `mask` (if not null) `rows` rows of
+/// `ceil(cols/64)` words at `mask_stride`, `x` `batch` vectors at `x_stride`.
+#[inline(always)]
+pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64, g: Rows, x: *const f32, y: *mut f32) {
+    let w_len = L::W;
+    let full = g.cols / w_len * w_len;
+    for o in 0..g.rows {
+        // SAFETY: row `o` of the weights and the mask are inside the caller's buffers.
+        let (wr, mr) = unsafe { (w.add(o * g.w_stride), if mask.is_null() { mask } else { mask.add(o * g.mask_stride) }) };
+        if !mr.is_null() {
+            // A row with every weight masked out costs nothing but reading its mask.
+            // SAFETY: the mask row holds ceil(cols/64) words.
+            let any = (0..g.cols.div_ceil(64)).any(|i| unsafe { *mr.add(i) } != 0);
+            if !any {
+                for b in 0..g.batch {
+                    // SAFETY: output (b, o) is inside `y`.
+                    unsafe { *y.add(b * g.y_batch + o * g.y_row) = 0.0 };
+                }
+                continue;
+            }
+        }
+        let mut b = 0;
+        // Four inputs at a time share each weight load.
+        while b + 4 <= g.batch {
+            // SAFETY: inputs b..b+4 are inside `x`; columns < cols; tails use `load_at`.
+            unsafe {
+                let xs = [x.add(b * g.x_stride), x.add((b + 1) * g.x_stride), x.add((b + 2) * g.x_stride), x.add((b + 3) * g.x_stride)];
+                let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
+                let mut c = 0;
+                while c < g.cols {
+                    let mut wv = load_at::<L, E>(wr, c, g.cols);
+                    if !mr.is_null() {
+                        wv = L::keep(wv, mask_bits::<L>(mr, c));
+                    }
+                    a0 = L::fma(wv, load_at::<L, f32>(xs[0], c, g.cols), a0);
+                    a1 = L::fma(wv, load_at::<L, f32>(xs[1], c, g.cols), a1);
+                    a2 = L::fma(wv, load_at::<L, f32>(xs[2], c, g.cols), a2);
+                    a3 = L::fma(wv, load_at::<L, f32>(xs[3], c, g.cols), a3);
+                    c += w_len;
+                }
+                *y.add(b * g.y_batch + o * g.y_row) = L::sum(a0);
+                *y.add((b + 1) * g.y_batch + o * g.y_row) = L::sum(a1);
+                *y.add((b + 2) * g.y_batch + o * g.y_row) = L::sum(a2);
+                *y.add((b + 3) * g.y_batch + o * g.y_row) = L::sum(a3);
+            }
+            b += 4;
+        }
+        // One input: four accumulators along the row hide the FMA latency.
+        while b < g.batch {
+            // SAFETY: input b is inside `x`; the unrolled loop stays below `full`; tails use `load_at`.
+            unsafe {
+                let xb = x.add(b * g.x_stride);
+                let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
+                let mut c = 0;
+                let masked = !mr.is_null();
+                while c + 4 * w_len <= full {
+                    let mut w0 = E::load::<L>(wr.add(c));
+                    let mut w1 = E::load::<L>(wr.add(c + w_len));
+                    let mut w2 = E::load::<L>(wr.add(c + 2 * w_len));
+                    let mut w3 = E::load::<L>(wr.add(c + 3 * w_len));
+                    if masked {
+                        w0 = L::keep(w0, mask_bits::<L>(mr, c));
+                        w1 = L::keep(w1, mask_bits::<L>(mr, c + w_len));
+                        w2 = L::keep(w2, mask_bits::<L>(mr, c + 2 * w_len));
+                        w3 = L::keep(w3, mask_bits::<L>(mr, c + 3 * w_len));
+                    }
+                    a0 = L::fma(w0, L::load(xb.add(c)), a0);
+                    a1 = L::fma(w1, L::load(xb.add(c + w_len)), a1);
+                    a2 = L::fma(w2, L::load(xb.add(c + 2 * w_len)), a2);
+                    a3 = L::fma(w3, L::load(xb.add(c + 3 * w_len)), a3);
+                    c += 4 * w_len;
+                }
+                while c < g.cols {
+                    let mut wv = load_at::<L, E>(wr, c, g.cols);
+                    if masked {
+                        wv = L::keep(wv, mask_bits::<L>(mr, c));
+                    }
+                    a0 = L::fma(wv, load_at::<L, f32>(xb, c, g.cols), a0);
+                    c += w_len;
+                }
+                *y.add(b * g.y_batch + o * g.y_row) = L::sum(a0) + L::sum(a1) + (L::sum(a2) + L::sum(a3));
+            }
+            b += 1;
+        }
+    }
+}
+
+/// Seeded signed-constant rows: with `s` the sign bits at `signs` (1 = `+scale`) and `m` the
+/// mask (all ones when null), `y[b, o] = scale · (2 · Σ_{m∧s} x − Σ_m x)`: additions only.
+/// `totals[b]` is `Σ_c x[b, c]`, used when there is no mask.
+///
+/// # Safety
+/// See [`dense_rows`]; `signs` holds `rows` rows of `ceil(cols/64)` words at `mask_stride`, and
+/// `totals` `batch` values when `mask` is null.
+#[inline(always)]
+pub(crate) unsafe fn signed_rows<L: Lanes>(
+    signs: *const u64,
+    mask: *const u64,
+    g: Rows,
+    x: *const f32,
+    totals: *const f32,
+    scale: f32,
+    y: *mut f32,
+) {
+    let words = g.cols.div_ceil(64);
+    let masked = !mask.is_null();
+    for o in 0..g.rows {
+        for b in 0..g.batch {
+            // SAFETY: rows, words and inputs are inside the caller's buffers; columns past
+            // `cols` are read through `load_at`, which stops at `cols`.
+            unsafe {
+                let xb = x.add(b * g.x_stride);
+                let (mut pos, mut tot) = (L::zero(), L::zero());
+                for wi in 0..words {
+                    let m = if masked { *mask.add(o * g.mask_stride + wi) } else { u64::MAX };
+                    if m == 0 {
+                        continue;
+                    }
+                    let a = *signs.add(o * g.mask_stride + wi) & m;
+                    let mut q = 0;
+                    while q < 64 && wi * 64 + q < g.cols {
+                        let c = wi * 64 + q;
+                        let mb = (m >> q) & low_bits(L::W);
+                        if mb != 0 {
+                            let xv = load_at::<L, f32>(xb, c, g.cols);
+                            pos = L::add_where(pos, xv, (a >> q) & low_bits(L::W));
+                            if masked {
+                                tot = L::add_where(tot, xv, mb);
+                            }
+                        }
+                        q += L::W;
+                    }
+                }
+                let total = if masked { L::sum(tot) } else { *totals.add(b) };
+                *y.add(b * g.y_batch + o * g.y_row) = scale * (2.0 * L::sum(pos) - total);
+            }
+        }
+    }
+}
+
+
+
+/// One block row of a tile-major or packed matrix: for every kept block `(gc, k)`, the `R × C`
+/// block stored at `data + k·R·C` meets input columns `gc·C ..`. Only kept blocks are read.
+///
+/// # Safety
+/// See the module; `C` is a multiple of `L::W` ([`block_fits`]); every `k` is a block stored in
+/// `data`, every `gc < grid_cols`.
+#[inline(always)]
+pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
+    data: *const E,
+    blocks: B,
+    g: BlockGeometry,
+    x: *const f32,
+    y: *mut f32,
+) {
+    let area = g.r * g.c;
+    for b in 0..g.batch {
+        // SAFETY: input b is inside `x`.
+        let xb = unsafe { x.add(b * g.x_stride) };
+        let mut r0 = 0;
+        while r0 < g.rows_here {
+            let rn = L::RB.min(g.rows_here - r0);
+            let mut acc = [unsafe { L::zero() }; 16];
+            let mut it = blocks.clone();
+            let mut cur = it.next();
+            while let Some((gc, k)) = cur {
+                let next = it.next();
+                // SAFETY: blocks `k` and the next are stored in `data`; their rows r0..r0+rn
+                // are `rn·C` contiguous elements; input columns gc·C .. gc·C + C are readable.
+                unsafe {
+                    if let Some((_, kn)) = next {
+                        // Fetch the next kept tile while this one is multiplied: the tiles are
+                        // scattered, so the hardware prefetcher cannot guess them.
+                        let p = data.add(kn * area + r0 * g.c).cast::<u8>();
+                        let bytes = rn * g.c * core::mem::size_of::<E>();
+                        let mut off = 0;
+                        while off < bytes {
+                            L::prefetch(p.add(off));
+                            off += 64;
+                        }
+                    }
+                    let blk = data.add(k * area + r0 * g.c);
+                    let xc = xb.add(gc * g.c);
+                    let mut cc = 0;
+                    while cc < g.c {
+                        let xv = L::load(xc.add(cc));
+                        for (r, a) in acc.iter_mut().enumerate().take(rn) {
+                            *a = L::fma(E::load::<L>(blk.add(r * g.c + cc)), xv, *a);
+                        }
+                        cc += L::W;
+                    }
+                }
+                cur = next;
+            }
+            for (r, a) in acc.iter().enumerate().take(rn) {
+                // SAFETY: output (b, r0 + r) is inside `y`.
+                unsafe { *y.add(b * g.y_batch + (r0 + r) * g.y_row) = L::sum(*a) };
+            }
+            r0 += rn;
+        }
+    }
+}
+
+/// [`block_row`] for any block width, in plain scalar code.
+///
+/// # Safety
+/// As for [`block_row`], without the width condition.
+pub(crate) unsafe fn block_row_plain<E: Elem, B: Blocks>(
+    data: *const E,
+    blocks: B,
+    g: BlockGeometry,
+    x: *const f32,
+    y: *mut f32,
+) {
+    let area = g.r * g.c;
+    for b in 0..g.batch {
+        for r in 0..g.rows_here {
+            let mut acc = 0f32;
+            for (gc, k) in blocks.clone() {
+                for c in 0..g.c {
+                    // SAFETY: block `k` row `r` and input column gc·C + c are inside the buffers.
+                    unsafe { acc += (*data.add(k * area + r * g.c + c)).to_f32() * *x.add(b * g.x_stride + gc * g.c + c) };
+                }
+            }
+            // SAFETY: output (b, r) is inside `y`.
+            unsafe { *y.add(b * g.y_batch + r * g.y_row) = acc };
+        }
+    }
+}
+
+/// Seeded signed-constant weights under a block mask: rows `row0 ..` of the matrix, kept blocks
+/// only; `block_sums[b·grid_cols + gc]` is the sum of input `b` over block column `gc`.
+///
+/// # Safety
+/// See the module; `C` divides 64 and is a multiple of `L::W` ([`signed_block_fits`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn signed_block_row<L: Lanes, B: Blocks>(
+    key: u64,
+    row0: u64,
+    blocks: B,
+    g: BlockGeometry,
+    x: *const f32,
+    block_sums: *const f32,
+    scale: f32,
+    y: *mut f32,
+) {
+    let words = g.cols.div_ceil(64) as u64;
+    for r in 0..g.rows_here {
+        let row = row0 + r as u64;
+        for b in 0..g.batch {
+            let (mut pos, mut tot) = (unsafe { L::zero() }, 0f32);
+            let mut last = (u64::MAX, 0u64);
+            for (gc, _) in blocks.clone() {
+                let c0 = gc * g.c;
+                let wi = (c0 / 64) as u64;
+                if last.0 != wi {
+                    // Blocks narrower than 64 columns share one draw of 64 signs.
+                    last = (wi, draw(key, row * words + wi));
+                }
+                let bits = last.1 >> (c0 % 64);
+                // SAFETY: input columns c0 .. c0 + C are readable (zero past `cols`), and
+                // the block sums hold grid_cols values per input.
+                unsafe {
+                    let xc = x.add(b * g.x_stride + c0);
+                    let mut cc = 0;
+                    while cc < g.c {
+                        pos = L::add_where(pos, L::load(xc.add(cc)), (bits >> cc) & low_bits(L::W));
+                        cc += L::W;
+                    }
+                    tot += *block_sums.add(b * g.grid_cols + gc);
+                }
+            }
+            // SAFETY: output (b, r) is inside `y`.
+            unsafe { *y.add(b * g.y_batch + r * g.y_row) = scale * (2.0 * L::sum(pos) - tot) };
+        }
+    }
+}
+
+/// [`signed_block_row`] for any block width, in plain scalar code.
+///
+/// # Safety
+/// As for [`signed_block_row`], without the width condition.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn signed_block_row_plain<B: Blocks>(
+    key: u64,
+    row0: u64,
+    blocks: B,
+    g: BlockGeometry,
+    x: *const f32,
+    block_sums: *const f32,
+    scale: f32,
+    y: *mut f32,
+) {
+    let words = g.cols.div_ceil(64) as u64;
+    for r in 0..g.rows_here {
+        let row = row0 + r as u64;
+        for b in 0..g.batch {
+            let (mut pos, mut tot) = (0f32, 0f32);
+            for (gc, _) in blocks.clone() {
+                for c in gc * g.c..((gc + 1) * g.c).min(g.cols) {
+                    let s = draw(key, row * words + (c / 64) as u64) >> (c % 64) & 1;
+                    if s == 1 {
+                        // SAFETY: column c < cols of input b.
+                        pos += unsafe { *x.add(b * g.x_stride + c) };
+                    }
+                }
+                // SAFETY: the block sums hold grid_cols values per input.
+                tot += unsafe { *block_sums.add(b * g.grid_cols + gc) };
+            }
+            // SAFETY: output (b, r) is inside `y`.
+            unsafe { *y.add(b * g.y_batch + r * g.y_row) = scale * (2.0 * pos - tot) };
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Vector primitives per instruction set ([`Lanes`]), and the kernels written once over them
+//! ([`kernels`]). Each instruction set's module instantiates the kernels inside functions compiled
+//! for its features (`isa_kernels!`); [`crate::linear`] chooses among them with the plan's [`Isa`].
+//!
+//! [`Isa`]: crate::Isa
+
+pub(crate) mod kernels;
+pub(crate) mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+
+/// One instruction set's vector of f32 lanes.
+///
+/// # Safety
+/// Implementations may use instructions the CPU lacks: callers guarantee the features (through
+/// the plan's [`crate::Isa`]) and that every pointer is valid for `W` elements.
+pub(crate) unsafe trait Lanes: Copy {
+    /// Lanes per vector; divides 64, at most 16.
+    const W: usize;
+    /// Rows of a block held in registers at once by the block kernel (at most 16).
+    const RB: usize;
+    /// The vector.
+    type V: Copy;
+    /// All lanes 0.
+    unsafe fn zero() -> Self::V;
+    /// `W` f32 from `p`.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `W` binary16 values from `p`, widened.
+    unsafe fn load_f16(p: *const u16) -> Self::V;
+    /// `W` bfloat16 values from `p`, widened.
+    unsafe fn load_bf16(p: *const u16) -> Self::V;
+    /// `a·b + acc`.
+    unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
+    /// Lanes whose bit in `bits` (low `W` bits) is clear become 0.
+    unsafe fn keep(v: Self::V, bits: u64) -> Self::V;
+    /// `acc + x` on the lanes whose bit in `bits` is set; `acc` elsewhere.
+    unsafe fn add_where(acc: Self::V, x: Self::V, bits: u64) -> Self::V;
+    /// The sum of the lanes.
+    unsafe fn sum(v: Self::V) -> f32;
+    /// Hints that `p` will be read soon.
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const u8) {}
+}
+
+/// A stored weight element, widened to f32 in registers.
+pub(crate) trait Elem: Copy + Default + 'static {
+    /// `W` elements from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// As for [`Lanes`]: the features are present and `p` is valid for `L::W` elements.
+    unsafe fn load<L: Lanes>(p: *const Self) -> L::V;
+    /// One element as f32.
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load<L: Lanes>(p: *const Self) -> L::V {
+        // SAFETY: the caller's contract.
+        unsafe { L::load(p) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// binary16 bits.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[repr(transparent)]
+pub(crate) struct F16(pub u16);
+
+/// bfloat16 bits.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[repr(transparent)]
+pub(crate) struct Bf16(pub u16);
+
+impl Elem for F16 {
+    #[inline(always)]
+    unsafe fn load<L: Lanes>(p: *const Self) -> L::V {
+        // SAFETY: the caller's contract; `F16` is a transparent `u16`.
+        unsafe { L::load_f16(p.cast()) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self.0).to_f32()
+    }
+}
+
+impl Elem for Bf16 {
+    #[inline(always)]
+    unsafe fn load<L: Lanes>(p: *const Self) -> L::V {
+        // SAFETY: the caller's contract; `Bf16` is a transparent `u16`.
+        unsafe { L::load_bf16(p.cast()) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+/// Instantiates the kernels of [`kernels`] for one instruction set, inside functions compiled
+/// with its target features, so that the generic code inlines into them.
+macro_rules! isa_kernels {
+    ($lanes:ty $(, $features:literal)?) => {
+        use $crate::simd::kernels::{self, BlockGeometry, Blocks, Rows};
+        use $crate::simd::Elem;
+
+        /// See [`kernels::dense_rows`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::dense_rows`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn dense_rows<E: Elem>(w: *const E, mask: *const u64, rows: Rows, x: *const f32, y: *mut f32) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::dense_rows::<$lanes, E>(w, mask, rows, x, y) }
+        }
+
+        /// See [`kernels::signed_rows`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::signed_rows`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn signed_rows(
+            signs: *const u64,
+            mask: *const u64,
+            rows: Rows,
+            x: *const f32,
+            totals: *const f32,
+            scale: f32,
+            y: *mut f32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::signed_rows::<$lanes>(signs, mask, rows, x, totals, scale, y) }
+        }
+
+        /// See [`kernels::block_row`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::block_row`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn block_row<E: Elem, B: Blocks>(
+            data: *const E,
+            blocks: B,
+            g: BlockGeometry,
+            x: *const f32,
+            y: *mut f32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::block_row::<$lanes, E, B>(data, blocks, g, x, y) }
+        }
+
+        /// See [`kernels::signed_block_row`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::signed_block_row`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn signed_block_row<B: Blocks>(
+            key: u64,
+            row0: u64,
+            blocks: B,
+            g: BlockGeometry,
+            x: *const f32,
+            block_sums: *const f32,
+            scale: f32,
+            y: *mut f32,
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::signed_block_row::<$lanes, B>(key, row0, blocks, g, x, block_sums, scale, y) }
+        }
+    };
+}
+pub(crate) use isa_kernels;

@@ -1,0 +1,102 @@
+//! Whole models against the reference interpreter, and the plan's refusals.
+
+mod common;
+
+use common::samples::{every_kind, small, small_packed};
+use common::{inputs, reference};
+use smk_format::Model;
+use smk_runtime::{Error, Isa, Plan};
+
+/// Every layer kind, storage and mask kind in one graph (with a residual branch), per task,
+/// batch 1 and 3, on every instruction set here.
+#[test]
+fn every_layer_kind_matches_the_reference() {
+    for packed in [false, true] {
+        let bytes = every_kind(packed).to_bytes().unwrap();
+        let model = Model::parse(&bytes).unwrap();
+        let in_len = model.input_shape().numel() as usize;
+        let out_len = model.output_shape().numel() as usize;
+        for task in 0..model.mask_set_count() {
+            for batch in [1, 3] {
+                let x = inputs(40 + batch as u64, batch * in_len);
+                for isa in Isa::available_all() {
+                    let plan = Plan::new(&model, batch, Some(task)).unwrap().with_isa(isa).unwrap();
+                    let mut scratch = vec![0xFFu8; plan.scratch_bytes()];
+                    let mut y = vec![f32::NAN; batch * out_len];
+                    plan.infer(&mut scratch, &x, &mut y).unwrap();
+                    for b in 0..batch {
+                        let r = reference(&model, Some(task), &x[b * in_len..(b + 1) * in_len]);
+                        for k in 0..out_len {
+                            let got = y[b * out_len + k] as f64;
+                            let tol = 1e-4 * r.magnitude[k] + 1e-6;
+                            assert!(
+                                (got - r.values[k]).abs() <= tol,
+                                "{isa}, packed {packed}, task {task}, batch {batch}: output {b}/{k} {got} vs {} (tol {tol:e})",
+                                r.values[k]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn small_models_match_the_reference() {
+    for (bytes, task) in [(small(), Some(1)), (small(), Some(0)), (small_packed(), None)] {
+        let model = Model::parse(&bytes).unwrap();
+        let plan = Plan::new(&model, 1, task).unwrap();
+        let mut scratch = vec![0u8; plan.scratch_bytes()];
+        let x = inputs(5, plan.input_len());
+        let mut y = vec![0f32; plan.output_len()];
+        plan.infer(&mut scratch, &x, &mut y).unwrap();
+        let r = reference(&model, task, &x);
+        for (g, want) in y.iter().zip(&r.values) {
+            assert!((*g as f64 - want).abs() < 1e-5, "{g} vs {want}");
+        }
+    }
+}
+
+/// Scratch at any alignment works; results do not depend on what the scratch held before.
+#[test]
+fn scratch_alignment_and_contents_do_not_matter() {
+    let bytes = every_kind(false).to_bytes().unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let plan = Plan::new(&model, 2, Some(1)).unwrap();
+    let x = inputs(9, 2 * plan.input_len());
+    let mut first = vec![0f32; 2 * plan.output_len()];
+    let mut big = vec![0u8; plan.scratch_bytes() + 64];
+    plan.infer(&mut big[..plan.scratch_bytes()], &x, &mut first).unwrap();
+    for offset in [1, 3, 17, 63] {
+        big.iter_mut().for_each(|b| *b = offset as u8);
+        let mut y = vec![0f32; 2 * plan.output_len()];
+        plan.infer(&mut big[offset..offset + plan.scratch_bytes()], &x, &mut y).unwrap();
+        assert_eq!(y, first, "offset {offset}");
+    }
+}
+
+#[test]
+fn refusals_name_what_is_wrong() {
+    let bytes = small();
+    let model = Model::parse(&bytes).unwrap();
+    assert_eq!(Plan::new(&model, 1, None).unwrap_err(), Error::TaskRequired { tasks: 2 });
+    assert_eq!(Plan::new(&model, 1, Some(2)).unwrap_err(), Error::NoSuchTask { task: 2, tasks: 2 });
+    assert_eq!(Plan::new(&model, 0, Some(0)).unwrap_err(), Error::BadBatch { batch: 0 });
+    assert!(Plan::new(&model, usize::MAX / 2, Some(0)).is_err());
+    let plan = Plan::new(&model, 2, Some(0)).unwrap();
+    let need = plan.scratch_bytes();
+    let mut scratch = vec![0u8; need];
+    let mut y = vec![0f32; 2 * plan.output_len()];
+    let x = vec![0f32; 2 * plan.input_len()];
+    assert_eq!(plan.infer(&mut scratch[..need - 1], &x, &mut y).unwrap_err(), Error::ScratchTooSmall { need, got: need - 1 });
+    assert_eq!(plan.infer(&mut scratch, &x[1..], &mut y).unwrap_err(), Error::InputLength { expected: 12, got: 11 });
+    assert_eq!(plan.infer(&mut scratch, &x, &mut y[1..]).unwrap_err(), Error::OutputLength { expected: 6, got: 5 });
+    for isa in Isa::ALL {
+        match Plan::new(&model, 1, Some(0)).unwrap().with_isa(isa) {
+            Ok(p) => assert!(isa.available() && p.isa() == isa),
+            Err(e) => assert_eq!(e, Error::IsaUnavailable(isa)),
+        }
+    }
+    assert!(Error::TaskRequired { tasks: 2 }.to_string().contains("choose one"));
+}

@@ -1,0 +1,72 @@
+//! `infer` allocates nothing, for every layer kind: a counting global allocator watches this
+//! thread while it runs.
+
+mod common;
+
+use common::inputs;
+use common::samples::every_kind;
+use smk_format::Model;
+use smk_runtime::{Isa, Plan};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static WATCHING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls on a watched thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if WATCHING.with(|w| w.get()) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if WATCHING.with(|w| w.get()) {
+            COUNT.with(|c| c.set(c.get() + 1));
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> usize {
+    COUNT.with(|c| c.set(0));
+    WATCHING.with(|w| w.set(true));
+    f();
+    WATCHING.with(|w| w.set(false));
+    COUNT.with(|c| c.get())
+}
+
+#[test]
+fn infer_allocates_nothing() {
+    // The counter itself must see allocations, or the test proves nothing.
+    assert_eq!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 10]))), 1);
+    for packed in [false, true] {
+        let bytes = every_kind(packed).to_bytes().unwrap();
+        let model = Model::parse(&bytes).unwrap();
+        for isa in Isa::available_all() {
+            for batch in [1, 4] {
+                let plan = Plan::new(&model, batch, Some(0)).unwrap().with_isa(isa).unwrap();
+                let mut scratch = vec![0u8; plan.scratch_bytes()];
+                let x = inputs(3, batch * plan.input_len());
+                let mut y = vec![0f32; batch * plan.output_len()];
+                let n = allocations_in(|| plan.infer(&mut scratch, &x, &mut y).unwrap());
+                assert_eq!(n, 0, "{isa}, batch {batch}, packed {packed}: infer allocated {n} times");
+                assert!(y.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
