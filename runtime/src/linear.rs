@@ -62,6 +62,17 @@ enum Path {
 }
 
 fn path(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> Path {
+    // Kernels read weights and mask words in place: bytes that are not aligned for that (a
+    // buffer the caller did not align) take the reference loop rather than a copy.
+    let aligned = mask.is_none_or(|m| m.as_words().is_some())
+        && match t.storage {
+            Storage::F32 => t.as_f32().is_some(),
+            Storage::F16 | Storage::Bf16 => t.as_u16().is_some(),
+            Storage::Seeded(_) => true,
+        };
+    if !aligned {
+        return Path::Reference;
+    }
     let block = mask.filter(|m| m.kind == MaskKind::Block).map(|m| m.block);
     match (t.storage, t.layout, block) {
         (Storage::Seeded(init), _, None) if init.rule == InitRule::SignedConstant => Path::Signed,

@@ -100,3 +100,25 @@ fn refusals_name_what_is_wrong() {
     }
     assert!(Error::TaskRequired { tasks: 2 }.to_string().contains("choose one"));
 }
+
+/// A file read into a buffer at an odd address still runs (weights and masks read in place need
+/// alignment; without it the layer takes the plain loop) and gives the same answer.
+#[test]
+fn misaligned_bytes_still_run() {
+    let bytes = every_kind(true).to_bytes().unwrap();
+    let mut shifted = vec![0u8; bytes.len() + 1];
+    shifted[1..].copy_from_slice(&bytes);
+    let (aligned, odd) = (Model::parse(&bytes).unwrap(), Model::parse(&shifted[1..]).unwrap());
+    let mut outs = Vec::new();
+    for model in [&aligned, &odd] {
+        let plan = Plan::new(model, 1, None).unwrap();
+        let mut scratch = vec![0u8; plan.scratch_bytes()];
+        let x = inputs(11, plan.input_len());
+        let mut y = vec![0f32; plan.output_len()];
+        plan.infer(&mut scratch, &x, &mut y).unwrap();
+        outs.push(y);
+    }
+    for (a, b) in outs[0].iter().zip(&outs[1]) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
