@@ -98,7 +98,10 @@ impl core::fmt::Display for Error {
                 write!(f, "output holds {got} values; the plan writes {expected}")
             }
             Error::Inconsistent { layer } => {
-                write!(f, "layer {layer} refers to data that is not in the file (did the file change?)")
+                write!(
+                    f,
+                    "layer {layer} refers to data that is not in the file (did the file change?)"
+                )
             }
         }
     }

@@ -49,9 +49,17 @@ impl Isa {
             #[cfg(all(target_arch = "x86_64", feature = "std"))]
             Isa::Avx512 => std::is_x86_feature_detected!("avx512f") && Isa::Avx2.available(),
             #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
-            Isa::Avx2 => cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c")),
+            Isa::Avx2 => cfg!(all(
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            )),
             #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
-            Isa::Avx512 => cfg!(all(target_feature = "avx512f", target_feature = "avx2", target_feature = "fma")),
+            Isa::Avx512 => cfg!(all(
+                target_feature = "avx512f",
+                target_feature = "avx2",
+                target_feature = "fma"
+            )),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => cfg!(target_feature = "neon"),
             #[allow(unreachable_patterns)]

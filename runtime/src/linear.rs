@@ -76,13 +76,19 @@ fn path(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> Path {
     let block = mask.filter(|m| m.kind == MaskKind::Block).map(|m| m.block);
     match (t.storage, t.layout, block) {
         (Storage::Seeded(init), _, None) if init.rule == InitRule::SignedConstant => Path::Signed,
-        (Storage::Seeded(init), _, Some(b)) if init.rule == InitRule::SignedConstant => {
-            Path::SignedBlocks { r: b[0] as usize, c: b[1] as usize }
-        }
+        (Storage::Seeded(init), _, Some(b)) if init.rule == InitRule::SignedConstant => Path::SignedBlocks {
+            r: b[0] as usize,
+            c: b[1] as usize,
+        },
         (Storage::Seeded(_), _, _) => Path::Generated,
         (_, Layout::RowMajor, None) => Path::Dense,
-        (_, Layout::TileMajor { block: tb } | Layout::Packed { block: tb, .. }, b) if mask.is_none() || b == Some(tb) => {
-            Path::Blocks { r: tb[0] as usize, c: tb[1] as usize }
+        (_, Layout::TileMajor { block: tb } | Layout::Packed { block: tb, .. }, b)
+            if mask.is_none() || b == Some(tb) =>
+        {
+            Path::Blocks {
+                r: tb[0] as usize,
+                c: tb[1] as usize,
+            }
         }
         _ => Path::Reference,
     }
@@ -113,7 +119,13 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
     let (rows, cols) = t.matrix();
     let (_rows, cols) = (usize::try_from(rows).ok()?, usize::try_from(cols).ok()?);
     let words = cols.div_ceil(64);
-    let padded_input = |c: usize| if cols % c == 0 { Some(0) } else { batch.checked_mul(round_up(cols, c)) };
+    let padded_input = |c: usize| {
+        if cols % c == 0 {
+            Some(0)
+        } else {
+            batch.checked_mul(round_up(cols, c))
+        }
+    };
     let n = match path(t, mask) {
         Path::Dense | Path::Reference => 0,
         Path::Blocks { c, .. } => padded_input(c)?,
@@ -140,7 +152,10 @@ pub(crate) fn matvec(
 ) -> Result<(), Error> {
     let bad = Error::Inconsistent { layer };
     let (rows, cols) = t.matrix();
-    let (rows, cols) = (usize::try_from(rows).map_err(|_| bad.clone())?, usize::try_from(cols).map_err(|_| bad.clone())?);
+    let (rows, cols) = (
+        usize::try_from(rows).map_err(|_| bad.clone())?,
+        usize::try_from(cols).map_err(|_| bad.clone())?,
+    );
     if io.batch == 0 || rows == 0 {
         return Ok(());
     }
@@ -190,18 +205,42 @@ pub(crate) fn matvec(
                 Storage::F16 => {
                     let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
                     // SAFETY: as above; `F16` is a transparent u16.
-                    unsafe { on_isa!(isa, dense_rows(w.as_ptr().cast::<F16>(), m, geometry, x.as_ptr(), y.as_mut_ptr())) }
+                    unsafe {
+                        on_isa!(
+                            isa,
+                            dense_rows(w.as_ptr().cast::<F16>(), m, geometry, x.as_ptr(), y.as_mut_ptr())
+                        )
+                    }
                 }
                 Storage::Bf16 => {
                     let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
                     // SAFETY: as above; `Bf16` is a transparent u16.
-                    unsafe { on_isa!(isa, dense_rows(w.as_ptr().cast::<Bf16>(), m, geometry, x.as_ptr(), y.as_mut_ptr())) }
+                    unsafe {
+                        on_isa!(
+                            isa,
+                            dense_rows(w.as_ptr().cast::<Bf16>(), m, geometry, x.as_ptr(), y.as_mut_ptr())
+                        )
+                    }
                 }
                 Storage::Seeded(_) => return Err(bad),
             }
         }
         Path::Blocks { r, c } => match t.storage {
-            Storage::F32 => blocks(isa, t, mask, t.as_f32().ok_or(bad)?, r, c, rows, cols, x, y, io, work, layer)?,
+            Storage::F32 => blocks(
+                isa,
+                t,
+                mask,
+                t.as_f32().ok_or(bad)?,
+                r,
+                c,
+                rows,
+                cols,
+                x,
+                y,
+                io,
+                work,
+                layer,
+            )?,
             Storage::F16 => {
                 let w: &[F16] = bytemuck_u16(t.as_u16().ok_or(bad)?);
                 blocks(isa, t, mask, w, r, c, rows, cols, x, y, io, work, layer)?
@@ -213,12 +252,15 @@ pub(crate) fn matvec(
             Storage::Seeded(_) => return Err(bad),
         },
         Path::Signed => {
-            let Storage::Seeded(init) = t.storage else { return Err(bad) };
+            let Storage::Seeded(init) = t.storage else {
+                return Err(bad);
+            };
             let key = init.key();
             let m = element_mask(mask)?;
             let sign_f32 = round_up(2 * words, 16);
             let (sign_area, rest) = work.split_at_mut(sign_f32);
-            let signs: &mut [u64] = bytemuck::try_cast_slice_mut(&mut sign_area[..2 * words]).map_err(|_| bad.clone())?;
+            let signs: &mut [u64] =
+                bytemuck::try_cast_slice_mut(&mut sign_area[..2 * words]).map_err(|_| bad.clone())?;
             let totals = &mut rest[..io.batch];
             for (b, t) in totals.iter_mut().enumerate() {
                 *t = x[b * io.x_stride..b * io.x_stride + cols].iter().sum();
@@ -234,13 +276,23 @@ pub(crate) fn matvec(
                 unsafe {
                     on_isa!(
                         isa,
-                        signed_rows(signs.as_ptr(), mo, g, x.as_ptr(), totals.as_ptr(), init.scale, y.as_mut_ptr().add(o * io.y_row))
+                        signed_rows(
+                            signs.as_ptr(),
+                            mo,
+                            g,
+                            x.as_ptr(),
+                            totals.as_ptr(),
+                            init.scale,
+                            y.as_mut_ptr().add(o * io.y_row)
+                        )
                     )
                 }
             }
         }
         Path::SignedBlocks { r, c } => {
-            let Storage::Seeded(init) = t.storage else { return Err(bad) };
+            let Storage::Seeded(init) = t.storage else {
+                return Err(bad);
+            };
             let mask = mask.ok_or(bad.clone())?;
             let mw = mask.as_words().ok_or(bad.clone())?;
             let grid_cols = cols.div_ceil(c);
@@ -269,13 +321,20 @@ pub(crate) fn matvec(
                 };
                 let yp = y[gr * r * io.y_row..].as_mut_ptr();
                 let row0 = (gr * r) as u64;
-                let kisa = if isa == Isa::Avx512 && c % 16 != 0 { Isa::Avx2 } else { isa };
+                let kisa = if isa == Isa::Avx512 && c % 16 != 0 {
+                    Isa::Avx2
+                } else {
+                    isa
+                };
                 // SAFETY: the padded input holds grid_cols·C values per input, the sums
                 // grid_cols per input, and the block row's outputs are inside `y` (checked
                 // above); `kisa` is available (AVX-512 implies AVX2).
                 unsafe {
                     if c % lanes(kisa) == 0 && 64 % c == 0 {
-                        on_isa!(kisa, signed_block_row(key, row0, set, g, xp.as_ptr(), sums.as_ptr(), init.scale, yp))
+                        on_isa!(
+                            kisa,
+                            signed_block_row(key, row0, set, g, xp.as_ptr(), sums.as_ptr(), init.scale, yp)
+                        )
                     } else {
                         kernels::signed_block_row_plain(key, row0, set, g, xp.as_ptr(), sums.as_ptr(), init.scale, yp)
                     }
@@ -283,11 +342,17 @@ pub(crate) fn matvec(
             }
         }
         Path::Generated => {
-            let Storage::Seeded(init) = t.storage else { return Err(bad) };
+            let Storage::Seeded(init) = t.storage else {
+                return Err(bad);
+            };
             let key = init.key();
             let row = &mut work[..cols];
             let block = mask.filter(|m| m.kind == MaskKind::Block);
-            let m = if block.is_some() { core::ptr::null() } else { element_mask(mask)? };
+            let m = if block.is_some() {
+                core::ptr::null()
+            } else {
+                element_mask(mask)?
+            };
             for o in 0..rows {
                 init.fill_row(key, o as u64, row);
                 if let Some(bm) = block {
@@ -301,7 +366,12 @@ pub(crate) fn matvec(
                 let g = Rows { rows: 1, ..geometry };
                 let mo = if m.is_null() { m } else { m.wrapping_add(o * words) };
                 // SAFETY: as for the dense path, with one generated row of `cols` weights.
-                unsafe { on_isa!(isa, dense_rows(row.as_ptr(), mo, g, x.as_ptr(), y.as_mut_ptr().add(o * io.y_row))) }
+                unsafe {
+                    on_isa!(
+                        isa,
+                        dense_rows(row.as_ptr(), mo, g, x.as_ptr(), y.as_mut_ptr().add(o * io.y_row))
+                    )
+                }
             }
         }
         Path::Reference => {
@@ -358,7 +428,13 @@ struct SetBits<'a> {
 
 impl<'a> SetBits<'a> {
     fn new(words: &'a [u64], grid_cols: usize, tile0: usize) -> Self {
-        Self { words, word: 0, bits: words.first().copied().unwrap_or(0), grid_cols, tile0 }
+        Self {
+            words,
+            word: 0,
+            bits: words.first().copied().unwrap_or(0),
+            grid_cols,
+            tile0,
+        }
     }
 }
 
@@ -440,7 +516,11 @@ fn blocks<E: Elem>(
     let (grid_rows, grid_cols) = (rows.div_ceil(r), cols.div_ceil(c));
     let area = r * c;
     let (xp, xs, _) = padded(x, io, cols, c, work);
-    let kisa = if isa == Isa::Avx512 && c % 16 != 0 { Isa::Avx2 } else { isa };
+    let kisa = if isa == Isa::Avx512 && c % 16 != 0 {
+        Isa::Avx2
+    } else {
+        isa
+    };
     let simd = c % lanes(kisa) == 0;
     let mask_words = match mask {
         Some(m) => Some((m.as_words().ok_or(bad.clone())?, m.words_per_row as usize)),
@@ -481,13 +561,27 @@ fn blocks<E: Elem>(
                     return Err(bad);
                 }
                 match mask_words {
-                    Some((w, wpr)) => run!(SetBits::new(w.get(gr * wpr..(gr + 1) * wpr).ok_or(bad.clone())?, grid_cols, gr * grid_cols)),
-                    None => run!(AllBlocks { gc: 0, grid_cols, tile0: gr * grid_cols }),
+                    Some((w, wpr)) => run!(SetBits::new(
+                        w.get(gr * wpr..(gr + 1) * wpr).ok_or(bad.clone())?,
+                        grid_cols,
+                        gr * grid_cols
+                    )),
+                    None => run!(AllBlocks {
+                        gc: 0,
+                        grid_cols,
+                        tile0: gr * grid_cols
+                    }),
                 }
             }
             Layout::Packed { index, .. } => {
                 let range = index.row_range(gr as u32);
-                run!(PackedBlocks { index, k: range.start, end: range.end, grid_cols, stored: data.len() / area })
+                run!(PackedBlocks {
+                    index,
+                    k: range.start,
+                    end: range.end,
+                    grid_cols,
+                    stored: data.len() / area
+                })
             }
             Layout::RowMajor => return Err(bad),
         }

@@ -25,7 +25,14 @@ fn source(o: usize, u: usize, w: &Window2d, axis: usize, n: usize) -> Option<usi
 /// Gathers the patches of one image: row `p = i·W' + j` holds, at `c·kh·kw + u·kw + v`, the
 /// input under kernel position `(c, u, v)` for output `(i, j)` (0 outside), then zeros up to
 /// `stride`.
-pub(crate) fn im2col(x: &[f32], input: (usize, usize, usize), out_hw: (usize, usize), w: &Window2d, patches: &mut [f32], stride: usize) {
+pub(crate) fn im2col(
+    x: &[f32],
+    input: (usize, usize, usize),
+    out_hw: (usize, usize),
+    w: &Window2d,
+    patches: &mut [f32],
+    stride: usize,
+) {
     let (c_n, h, wd) = input;
     let (kh, kw) = (w.kernel[0] as usize, w.kernel[1] as usize);
     for i in 0..out_hw.0 {
@@ -125,13 +132,21 @@ pub(crate) fn batch_norm(
 }
 
 /// Layer norm of one item over its last dimension `len`.
-pub(crate) fn layer_norm(x: &[f32], len: usize, gamma: Option<&Tensor<'_>>, beta: Option<&Tensor<'_>>, eps: f32, y: &mut [f32]) {
+pub(crate) fn layer_norm(
+    x: &[f32],
+    len: usize,
+    gamma: Option<&Tensor<'_>>,
+    beta: Option<&Tensor<'_>>,
+    eps: f32,
+    y: &mut [f32],
+) {
     for (xs, ys) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
         let mean = xs.iter().sum::<f32>() / len as f32;
         let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
         let inv = 1.0 / libm::sqrtf(var + eps);
         for (k, (o, v)) in ys.iter_mut().zip(xs).enumerate() {
-            *o = (v - mean) * inv * gamma.map_or(1.0, |g| g.stored(k as u64)) + beta.map_or(0.0, |b| b.stored(k as u64));
+            *o =
+                (v - mean) * inv * gamma.map_or(1.0, |g| g.stored(k as u64)) + beta.map_or(0.0, |b| b.stored(k as u64));
         }
     }
 }

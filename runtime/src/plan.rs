@@ -51,7 +51,10 @@ impl<'a> Plan<'a> {
         }
         let layers = model.layer_count() as usize;
         if layers > MAX_LAYERS {
-            return Err(Error::TooManyLayers { layers: layers as u32, max: MAX_LAYERS as u32 });
+            return Err(Error::TooManyLayers {
+                layers: layers as u32,
+                max: MAX_LAYERS as u32,
+            });
         }
         let get = |i: usize| model.layer(i as u32).ok_or(Error::Inconsistent { layer: i as u32 });
 
@@ -80,7 +83,10 @@ impl<'a> Plan<'a> {
             let s = busy_until
                 .iter()
                 .position(|u| u.is_none_or(|u| (u as usize) < i))
-                .ok_or(Error::TooManyLive { layer: i as u32, max: MAX_LIVE as u32 })?;
+                .ok_or(Error::TooManyLive {
+                    layer: i as u32,
+                    max: MAX_LIVE as u32,
+                })?;
             busy_until[s] = Some(last_use[i]);
             slot_of[i] = s as u8;
             slots = slots.max(s + 1);
@@ -89,8 +95,15 @@ impl<'a> Plan<'a> {
             let too_big = Error::BadBatch { batch };
             work_len = work_len.max(layer_work(model, &l, set, batch).ok_or(too_big)?);
         }
-        let slot_len = max_numel.checked_mul(batch).ok_or(Error::BadBatch { batch })?.next_multiple_of(16);
-        slots.checked_mul(slot_len).and_then(|n| n.checked_add(work_len)).and_then(|n| n.checked_mul(4)).ok_or(Error::BadBatch { batch })?;
+        let slot_len = max_numel
+            .checked_mul(batch)
+            .ok_or(Error::BadBatch { batch })?
+            .next_multiple_of(16);
+        slots
+            .checked_mul(slot_len)
+            .and_then(|n| n.checked_add(work_len))
+            .and_then(|n| n.checked_mul(4))
+            .ok_or(Error::BadBatch { batch })?;
         Ok(Self {
             model: *model,
             batch,
@@ -149,7 +162,9 @@ impl<'a> Plan<'a> {
 
     /// What kernel runs layer `layer` (for `inspect` and benchmarks), e.g. `block 16x16`.
     pub fn kernel(&self, layer: u32) -> &'static str {
-        let Some(l) = self.model.layer(layer) else { return "none" };
+        let Some(l) = self.model.layer(layer) else {
+            return "none";
+        };
         match l.op {
             Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => match self.model.tensor(weight) {
                 Some(t) => linear::kernel_name(&t, self.mask(weight).as_ref()),
@@ -168,14 +183,23 @@ impl<'a> Plan<'a> {
     pub fn infer(&self, scratch: &mut [u8], input: &[f32], output: &mut [f32]) -> Result<(), Error> {
         let (expected, out_expected) = (self.batch * self.input_len, self.batch * self.output_len);
         if input.len() != expected {
-            return Err(Error::InputLength { expected, got: input.len() });
+            return Err(Error::InputLength {
+                expected,
+                got: input.len(),
+            });
         }
         if output.len() != out_expected {
-            return Err(Error::OutputLength { expected: out_expected, got: output.len() });
+            return Err(Error::OutputLength {
+                expected: out_expected,
+                got: output.len(),
+            });
         }
         let need = self.scratch_bytes();
         if scratch.len() < need {
-            return Err(Error::ScratchTooSmall { need, got: scratch.len() });
+            return Err(Error::ScratchTooSmall {
+                need,
+                got: scratch.len(),
+            });
         }
         let floats = (need - 64) / 4;
         let start = scratch.as_ptr().align_offset(64).min(64);
@@ -194,11 +218,15 @@ impl<'a> Plan<'a> {
             };
             let (a, a_shape) = src(l.input);
             let b = l.second_input.map(src);
-            let (xa, xb, y) = views(slots, self.slot_len, input, a, b.map(|b| b.0), self.slot_of[i] as usize).ok_or(bad)?;
+            let (xa, xb, y) =
+                views(slots, self.slot_len, input, a, b.map(|b| b.0), self.slot_of[i] as usize).ok_or(bad)?;
             let in_len = self.batch * a_shape.numel() as usize;
             let out_len = self.batch * l.output_shape.numel() as usize;
             let bad = Error::Inconsistent { layer: i as u32 };
-            let (xa, y) = (xa.get(..in_len).ok_or(bad.clone())?, y.get_mut(..out_len).ok_or(bad.clone())?);
+            let (xa, y) = (
+                xa.get(..in_len).ok_or(bad.clone())?,
+                y.get_mut(..out_len).ok_or(bad.clone())?,
+            );
             let xb = match xb {
                 Some(x) => Some(x.get(..in_len).ok_or(bad)?),
                 None => None,
@@ -214,14 +242,28 @@ impl<'a> Plan<'a> {
         self.model.tensor(t).ok_or(Error::Inconsistent { layer })
     }
 
-    fn run(&self, l: &Layer<'a>, in_shape: Shape, x: &[f32], x2: Option<&[f32]>, y: &mut [f32], work: &mut [f32]) -> Result<(), Error> {
+    fn run(
+        &self,
+        l: &Layer<'a>,
+        in_shape: Shape,
+        x: &[f32],
+        x2: Option<&[f32]>,
+        y: &mut [f32],
+        work: &mut [f32],
+    ) -> Result<(), Error> {
         let bad = Error::Inconsistent { layer: l.index };
         let (in_numel, out_numel) = (in_shape.numel() as usize, l.output_shape.numel() as usize);
-        let opt = |t: Option<u32>| -> Result<Option<Tensor<'a>>, Error> { t.map(|t| self.tensor(t, l.index)).transpose() };
+        let opt =
+            |t: Option<u32>| -> Result<Option<Tensor<'a>>, Error> { t.map(|t| self.tensor(t, l.index)).transpose() };
         match l.op {
             Op::Linear { weight, bias } => {
                 let t = self.tensor(weight, l.index)?;
-                let io = Io { batch: self.batch, x_stride: in_numel, y_batch: out_numel, y_row: 1 };
+                let io = Io {
+                    batch: self.batch,
+                    x_stride: in_numel,
+                    y_batch: out_numel,
+                    y_row: 1,
+                };
                 linear::matvec(self.isa, &t, self.mask(weight).as_ref(), x, y, io, work, l.index)?;
                 if let Some(bias) = opt(bias)? {
                     for yb in y.chunks_exact_mut(out_numel) {
@@ -243,7 +285,12 @@ impl<'a> Plan<'a> {
                 for (xb, yb) in x.chunks_exact(in_numel).zip(y.chunks_exact_mut(out_numel)) {
                     let (patches, rest) = work.split_at_mut(p * k);
                     ops::im2col(xb, (c, h, w), (ho, wo), &window, patches, k);
-                    let io = Io { batch: p, x_stride: k, y_batch: 1, y_row: p };
+                    let io = Io {
+                        batch: p,
+                        x_stride: k,
+                        y_batch: 1,
+                        y_row: p,
+                    };
                     linear::matvec(self.isa, &t, mask.as_ref(), patches, yb, io, rest, l.index)?;
                     if let Some(bias) = opt(bias)? {
                         for (o, plane) in yb.chunks_exact_mut(p).enumerate().take(o_n) {
@@ -267,7 +314,13 @@ impl<'a> Plan<'a> {
                 }
             }
             Op::Flatten => y.copy_from_slice(x),
-            Op::BatchNorm { mean, var, gamma, beta, eps } => {
+            Op::BatchNorm {
+                mean,
+                var,
+                gamma,
+                beta,
+                eps,
+            } => {
                 let (mean, var) = (self.tensor(mean, l.index)?, self.tensor(var, l.index)?);
                 let (gamma, beta) = (opt(gamma)?, opt(beta)?);
                 let channels = in_shape.dims()[0] as usize;
@@ -308,7 +361,14 @@ fn layer_work(model: &Model<'_>, l: &Layer<'_>, set: Option<u32>, batch: usize) 
 /// buffer of an activation it reads), or `None` if the plan is broken.
 type Views<'s> = (&'s [f32], Option<&'s [f32]>, &'s mut [f32]);
 
-fn views<'s>(slots: &'s mut [f32], slot_len: usize, input: &'s [f32], a: Src, b: Option<Src>, out: usize) -> Option<Views<'s>> {
+fn views<'s>(
+    slots: &'s mut [f32],
+    slot_len: usize,
+    input: &'s [f32],
+    a: Src,
+    b: Option<Src>,
+    out: usize,
+) -> Option<Views<'s>> {
     let (mut ra, mut rb, mut ry) = (None, None, None);
     if a == Src::Graph {
         ra = Some(input);

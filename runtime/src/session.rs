@@ -13,7 +13,9 @@ pub struct Session {
 impl Session {
     /// Maps and parses `path` (checksums are not read; see [`Session::verify`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
-        Ok(Self { file: MappedModel::open(path, false)? })
+        Ok(Self {
+            file: MappedModel::open(path, false)?,
+        })
     }
 
     /// Checks every checksum and the rest of the file.

@@ -49,34 +49,57 @@ impl Problem {
         let name = "fc.weight";
         let dims = [rows, cols];
         let seeded = |rule| {
-            TensorSpec::seeded(name, &dims, SeededInit { rule, seed: self.seed, stream: 3, scale: 0.125 }).unwrap()
+            TensorSpec::seeded(
+                name,
+                &dims,
+                SeededInit {
+                    rule,
+                    seed: self.seed,
+                    stream: 3,
+                    scale: 0.125,
+                },
+            )
+            .unwrap()
         };
         let w = match self.weights {
             Weights::F32 => TensorSpec::f32(name, &dims, values(self.seed, n)).unwrap(),
-            Weights::F16 => {
-                TensorSpec::new(name, &dims, TensorData::F16(values(self.seed, n).into_iter().map(half::f16::from_f32).collect())).unwrap()
-            }
-            Weights::Bf16 => {
-                TensorSpec::new(name, &dims, TensorData::Bf16(values(self.seed, n).into_iter().map(half::bf16::from_f32).collect()))
-                    .unwrap()
-            }
+            Weights::F16 => TensorSpec::new(
+                name,
+                &dims,
+                TensorData::F16(values(self.seed, n).into_iter().map(half::f16::from_f32).collect()),
+            )
+            .unwrap(),
+            Weights::Bf16 => TensorSpec::new(
+                name,
+                &dims,
+                TensorData::Bf16(values(self.seed, n).into_iter().map(half::bf16::from_f32).collect()),
+            )
+            .unwrap(),
             Weights::Signed => seeded(InitRule::SignedConstant),
             Weights::Uniform => seeded(InitRule::Uniform),
             Weights::Normal => seeded(InitRule::Normal),
         };
-        let bias = self.bias.then(|| TensorSpec::f32("fc.bias", &[rows], values(self.seed + 1, rows as usize)).unwrap());
+        let bias = self
+            .bias
+            .then(|| TensorSpec::f32("fc.bias", &[rows], values(self.seed + 1, rows as usize)).unwrap());
         let mut b = ModelBuilder::new(&[cols]).unwrap();
         let fc = b.linear("fc", w, bias).unwrap();
         match self.mask {
             MaskKind::None => {}
             MaskKind::Element => {
                 let s = b.mask_set("task").unwrap();
-                b.set_mask(s, fc, MaskSpec::element_bools(&bits(self.seed + 2, n, self.density))).unwrap();
+                b.set_mask(s, fc, MaskSpec::element_bools(&bits(self.seed + 2, n, self.density)))
+                    .unwrap();
             }
             MaskKind::Block { r, c, packed } => {
                 let s = b.mask_set("task").unwrap();
                 let grid = (rows.div_ceil(r as u32) * cols.div_ceil(c as u32)) as usize;
-                b.set_mask(s, fc, MaskSpec::block_bools([r, c], &bits(self.seed + 2, grid, self.density))).unwrap();
+                b.set_mask(
+                    s,
+                    fc,
+                    MaskSpec::block_bools([r, c], &bits(self.seed + 2, grid, self.density)),
+                )
+                .unwrap();
                 if packed && !matches!(self.weights, Weights::Signed | Weights::Uniform | Weights::Normal) {
                     b.pack_blocks(fc).unwrap();
                 }
@@ -89,7 +112,10 @@ impl Problem {
         let bytes = self.build();
         let model = Model::parse(&bytes).unwrap();
         let x = inputs(self.seed + 3, self.batch * self.cols as usize);
-        let refs: Vec<_> = x.chunks(self.cols as usize).map(|xb| reference(&model, None, xb)).collect();
+        let refs: Vec<_> = x
+            .chunks(self.cols as usize)
+            .map(|xb| reference(&model, None, xb))
+            .collect();
         for isa in Isa::available_all() {
             let plan = Plan::new(&model, self.batch, None).unwrap().with_isa(isa).unwrap();
             let mut scratch = vec![0u8; plan.scratch_bytes()];
@@ -111,7 +137,14 @@ impl Problem {
     }
 }
 
-const WEIGHTS: [Weights; 6] = [Weights::F32, Weights::F16, Weights::Bf16, Weights::Signed, Weights::Uniform, Weights::Normal];
+const WEIGHTS: [Weights; 6] = [
+    Weights::F32,
+    Weights::F16,
+    Weights::Bf16,
+    Weights::Signed,
+    Weights::Uniform,
+    Weights::Normal,
+];
 const BLOCKS: [(u16, u16); 8] = [(1, 4), (4, 4), (8, 8), (16, 16), (3, 5), (2, 32), (16, 64), (5, 16)];
 
 /// Pinned shapes at the vector widths' edges (4, 8, 16, 64 and one past or short of them), every
@@ -130,7 +163,17 @@ fn pinned_edges_every_kind() {
                 for density in [0.0, 1.0, 0.5] {
                     for batch in [1, 5] {
                         seed += 1;
-                        Problem { rows, cols, batch, weights, mask, density, bias: seed % 2 == 0, seed }.check();
+                        Problem {
+                            rows,
+                            cols,
+                            batch,
+                            weights,
+                            mask,
+                            density,
+                            bias: seed % 2 == 0,
+                            seed,
+                        }
+                        .check();
                     }
                 }
             }
@@ -148,7 +191,11 @@ fn random_problems() {
         let mask = match r(2, 4) {
             0 => MaskKind::None,
             1 => MaskKind::Element,
-            k => MaskKind::Block { r: br, c: bc, packed: k == 3 },
+            k => MaskKind::Block {
+                r: br,
+                c: bc,
+                packed: k == 3,
+            },
         };
         let density = [0.0, 1.0, 0.05, 0.1, 0.3, 0.5, 0.9][r(3, 7) as usize];
         Problem {
@@ -170,8 +217,30 @@ fn random_problems() {
 #[test]
 fn trained_shapes() {
     for (k, &weights) in WEIGHTS.iter().enumerate() {
-        for mask in [MaskKind::Element, MaskKind::Block { r: 16, c: 16, packed: true }, MaskKind::Block { r: 4, c: 4, packed: false }] {
-            Problem { rows: 300, cols: 784, batch: 2, weights, mask, density: 0.3, bias: true, seed: 77 + k as u64 }.check();
+        for mask in [
+            MaskKind::Element,
+            MaskKind::Block {
+                r: 16,
+                c: 16,
+                packed: true,
+            },
+            MaskKind::Block {
+                r: 4,
+                c: 4,
+                packed: false,
+            },
+        ] {
+            Problem {
+                rows: 300,
+                cols: 784,
+                batch: 2,
+                weights,
+                mask,
+                density: 0.3,
+                bias: true,
+                seed: 77 + k as u64,
+            }
+            .check();
         }
     }
 }

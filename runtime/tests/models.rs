@@ -71,7 +71,8 @@ fn scratch_alignment_and_contents_do_not_matter() {
     for offset in [1, 3, 17, 63] {
         big.iter_mut().for_each(|b| *b = offset as u8);
         let mut y = vec![0f32; 2 * plan.output_len()];
-        plan.infer(&mut big[offset..offset + plan.scratch_bytes()], &x, &mut y).unwrap();
+        plan.infer(&mut big[offset..offset + plan.scratch_bytes()], &x, &mut y)
+            .unwrap();
         assert_eq!(y, first, "offset {offset}");
     }
 }
@@ -80,8 +81,14 @@ fn scratch_alignment_and_contents_do_not_matter() {
 fn refusals_name_what_is_wrong() {
     let bytes = small();
     let model = Model::parse(&bytes).unwrap();
-    assert_eq!(Plan::new(&model, 1, None).unwrap_err(), Error::TaskRequired { tasks: 2 });
-    assert_eq!(Plan::new(&model, 1, Some(2)).unwrap_err(), Error::NoSuchTask { task: 2, tasks: 2 });
+    assert_eq!(
+        Plan::new(&model, 1, None).unwrap_err(),
+        Error::TaskRequired { tasks: 2 }
+    );
+    assert_eq!(
+        Plan::new(&model, 1, Some(2)).unwrap_err(),
+        Error::NoSuchTask { task: 2, tasks: 2 }
+    );
     assert_eq!(Plan::new(&model, 0, Some(0)).unwrap_err(), Error::BadBatch { batch: 0 });
     assert!(Plan::new(&model, usize::MAX / 2, Some(0)).is_err());
     let plan = Plan::new(&model, 2, Some(0)).unwrap();
@@ -89,9 +96,18 @@ fn refusals_name_what_is_wrong() {
     let mut scratch = vec![0u8; need];
     let mut y = vec![0f32; 2 * plan.output_len()];
     let x = vec![0f32; 2 * plan.input_len()];
-    assert_eq!(plan.infer(&mut scratch[..need - 1], &x, &mut y).unwrap_err(), Error::ScratchTooSmall { need, got: need - 1 });
-    assert_eq!(plan.infer(&mut scratch, &x[1..], &mut y).unwrap_err(), Error::InputLength { expected: 12, got: 11 });
-    assert_eq!(plan.infer(&mut scratch, &x, &mut y[1..]).unwrap_err(), Error::OutputLength { expected: 6, got: 5 });
+    assert_eq!(
+        plan.infer(&mut scratch[..need - 1], &x, &mut y).unwrap_err(),
+        Error::ScratchTooSmall { need, got: need - 1 }
+    );
+    assert_eq!(
+        plan.infer(&mut scratch, &x[1..], &mut y).unwrap_err(),
+        Error::InputLength { expected: 12, got: 11 }
+    );
+    assert_eq!(
+        plan.infer(&mut scratch, &x, &mut y[1..]).unwrap_err(),
+        Error::OutputLength { expected: 6, got: 5 }
+    );
     for isa in Isa::ALL {
         match Plan::new(&model, 1, Some(0)).unwrap().with_isa(isa) {
             Ok(p) => assert!(isa.available() && p.isa() == isa),

@@ -2,7 +2,7 @@
 //!
 //! Frozen seeded weights are stored as their seed only; trained or loaded weights are stored in
 //! the requested precision. Masks are the hard masks of the final rule, bit-packed (block masks
-//! for the `block` method, whose weights are then tile-major). Nothing time-dependent is written,
+//! for the `block` method, whose stored weights are then packed: only the kept blocks). Nothing time-dependent is written,
 //! so a run exports to the same bytes every time.
 
 use std::path::Path;
@@ -140,6 +140,11 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
                     None => MaskSpec::element_bools(&bits),
                 };
                 b.set_mask(set, id, spec)?;
+                // One mask over stored weights: keep only the kept blocks (the runtime's fastest
+                // layout); seeded weights store nothing to pack.
+                if layer.block.is_some() && layer.seeded.is_none() {
+                    b.pack_blocks(id)?;
+                }
             }
         }
         smk_layer.push(id);
@@ -148,6 +153,9 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
 
     let config = serde_json::to_string(cfg).map_err(|e| Error::Config(e.to_string()))?;
     b.metadata("config", &config)?;
+    // How raw pixels become the graph's input (its first layer normalises): `runtime infer`
+    // reads this to feed images.
+    b.metadata("input.pixel_scale", &(1.0f64 / 255.0).to_string())?;
     b.metadata("method", cfg.method.id())?;
     b.metadata("model", &cfg.model)?;
     let data = serde_json::json!({ "kind": cfg.data_kind, "task": cfg.task, "task_index": cfg.task_index });

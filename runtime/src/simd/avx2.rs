@@ -43,7 +43,11 @@ unsafe impl Lanes for Avx2 {
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> Self::V {
         // SAFETY: `p` is valid for 8 u16; AVX2 is present.
-        unsafe { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))) }
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                p.cast(),
+            ))))
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {

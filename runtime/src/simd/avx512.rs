@@ -32,7 +32,11 @@ unsafe impl Lanes for Avx512 {
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> Self::V {
         // SAFETY: `p` is valid for 16 u16.
-        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                p.cast(),
+            ))))
+        }
     }
     #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {

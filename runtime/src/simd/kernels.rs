@@ -108,7 +108,16 @@ pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64
     let full = g.cols / w_len * w_len;
     for o in 0..g.rows {
         // SAFETY: row `o` of the weights and the mask are inside the caller's buffers.
-        let (wr, mr) = unsafe { (w.add(o * g.w_stride), if mask.is_null() { mask } else { mask.add(o * g.mask_stride) }) };
+        let (wr, mr) = unsafe {
+            (
+                w.add(o * g.w_stride),
+                if mask.is_null() {
+                    mask
+                } else {
+                    mask.add(o * g.mask_stride)
+                },
+            )
+        };
         if !mr.is_null() {
             // A row with every weight masked out costs nothing but reading its mask.
             // SAFETY: the mask row holds ceil(cols/64) words.
@@ -126,7 +135,12 @@ pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64
         while b + 4 <= g.batch {
             // SAFETY: inputs b..b+4 are inside `x`; columns < cols; tails use `load_at`.
             unsafe {
-                let xs = [x.add(b * g.x_stride), x.add((b + 1) * g.x_stride), x.add((b + 2) * g.x_stride), x.add((b + 3) * g.x_stride)];
+                let xs = [
+                    x.add(b * g.x_stride),
+                    x.add((b + 1) * g.x_stride),
+                    x.add((b + 2) * g.x_stride),
+                    x.add((b + 3) * g.x_stride),
+                ];
                 let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
                 let mut c = 0;
                 while c < g.cols {
@@ -214,7 +228,11 @@ pub(crate) unsafe fn signed_rows<L: Lanes>(
                 let xb = x.add(b * g.x_stride);
                 let (mut pos, mut tot) = (L::zero(), L::zero());
                 for wi in 0..words {
-                    let m = if masked { *mask.add(o * g.mask_stride + wi) } else { u64::MAX };
+                    let m = if masked {
+                        *mask.add(o * g.mask_stride + wi)
+                    } else {
+                        u64::MAX
+                    };
                     if m == 0 {
                         continue;
                     }
@@ -239,8 +257,6 @@ pub(crate) unsafe fn signed_rows<L: Lanes>(
         }
     }
 }
-
-
 
 /// One block row of a tile-major or packed matrix: for every kept block `(gc, k)`, the `R × C`
 /// block stored at `data + k·R·C` meets input columns `gc·C ..`. Only kept blocks are read.
@@ -322,7 +338,9 @@ pub(crate) unsafe fn block_row_plain<E: Elem, B: Blocks>(
             for (gc, k) in blocks.clone() {
                 for c in 0..g.c {
                     // SAFETY: block `k` row `r` and input column gc·C + c are inside the buffers.
-                    unsafe { acc += (*data.add(k * area + r * g.c + c)).to_f32() * *x.add(b * g.x_stride + gc * g.c + c) };
+                    unsafe {
+                        acc += (*data.add(k * area + r * g.c + c)).to_f32() * *x.add(b * g.x_stride + gc * g.c + c)
+                    };
                 }
             }
             // SAFETY: output (b, r) is inside `y`.

@@ -28,9 +28,14 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
     // As the runtime: no task named means the only one, if there is one.
     let task = task.or((model.mask_set_count() == 1).then_some(0));
     let mask = |t: u32| task.and_then(|s| model.mask(s, t));
-    let stored = |t: Option<u32>, i: usize, default: f64| t.map_or(default, |t| model.tensor(t).unwrap().stored(i as u64) as f64);
+    let stored = |t: Option<u32>, i: usize, default: f64| {
+        t.map_or(default, |t| model.tensor(t).unwrap().stored(i as u64) as f64)
+    };
     let mut acts: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
-    let graph_in: (Vec<f64>, Vec<f64>) = (input.iter().map(|&v| v as f64).collect(), input.iter().map(|v| v.abs() as f64).collect());
+    let graph_in: (Vec<f64>, Vec<f64>) = (
+        input.iter().map(|&v| v as f64).collect(),
+        input.iter().map(|v| v.abs() as f64).collect(),
+    );
     for l in model.layers() {
         let get = |i: Input| match i {
             Input::Graph => graph_in.clone(),
@@ -61,7 +66,11 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
                     ym[o] = a;
                 }
             }
-            Op::Conv2d { weight: w, bias, window } => {
+            Op::Conv2d {
+                weight: w,
+                bias,
+                window,
+            } => {
                 let t = model.tensor(w).unwrap();
                 let m = mask(w);
                 let (c_n, h, wd) = (d[0] as usize, d[1] as usize, d[2] as usize);
@@ -73,8 +82,12 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
                             for c in 0..c_n {
                                 for u in 0..kh {
                                     for v in 0..kw {
-                                        let p = (i * window.stride[0] as usize + u * window.dilation[0] as usize) as i64 - window.padding[0] as i64;
-                                        let q = (j * window.stride[1] as usize + v * window.dilation[1] as usize) as i64 - window.padding[1] as i64;
+                                        let p = (i * window.stride[0] as usize + u * window.dilation[0] as usize)
+                                            as i64
+                                            - window.padding[0] as i64;
+                                        let q = (j * window.stride[1] as usize + v * window.dilation[1] as usize)
+                                            as i64
+                                            - window.padding[1] as i64;
                                         if p < 0 || q < 0 || p >= h as i64 || q >= wd as i64 {
                                             continue;
                                         }
@@ -120,7 +133,10 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
                             }
                             let k = (c * od[1] as usize + i) * od[2] as usize + j;
                             y[k] = match l.op {
-                                Op::AvgPool { count_include_pad: true, .. } => sum / (window.kernel[0] * window.kernel[1]) as f64,
+                                Op::AvgPool {
+                                    count_include_pad: true,
+                                    ..
+                                } => sum / (window.kernel[0] * window.kernel[1]) as f64,
                                 Op::AvgPool { .. } => sum / n as f64,
                                 _ => mx,
                             };
@@ -133,7 +149,13 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
                 y = x.clone();
                 ym = xm.clone();
             }
-            Op::BatchNorm { mean, var, gamma, beta, eps } => {
+            Op::BatchNorm {
+                mean,
+                var,
+                gamma,
+                beta,
+                eps,
+            } => {
                 let per = x.len() / d[0] as usize;
                 for k in 0..n_out {
                     let ch = k / per;
@@ -173,7 +195,8 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
                     let sum: f64 = xs.iter().map(|v| (v - mx).exp()).sum();
                     for k in 0..len {
                         y[start + k] = (xs[k] - mx).exp() / sum;
-                        ym[start + k] = y[start + k] * (1.0 + xm[start..start + len].iter().cloned().fold(0.0, f64::max));
+                        ym[start + k] =
+                            y[start + k] * (1.0 + xm[start..start + len].iter().cloned().fold(0.0, f64::max));
                     }
                 }
             }

@@ -1,0 +1,452 @@
+//! `runtime bench`: latency percentiles and throughput of a model, or of a synthetic stack of
+//! linear layers built in memory, optionally against the same shapes with dense f32 weights.
+
+use clap::Args;
+use serde_json::json;
+use smk_format::seeded::{draw, SeededInit};
+use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
+use smk_format::{InitRule, Layout, Model, Storage};
+use smk_runtime::{Isa, Plan, Runner};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["model", "synthetic"]))]
+pub struct BenchArgs {
+    /// The .smk file to time.
+    model: Option<PathBuf>,
+    /// Time a model built in memory instead: `linear:OUTxINxCOUNT` (a stack of COUNT linear
+    /// layers), then any of `weights=f32|f16|bf16|seeded` (seeded: signed-constant),
+    /// `mask=none|element|blockRxC`, `density=F` (fraction of weights or blocks kept),
+    /// `layout=packed|tiled` (block masks over stored weights; default packed, as `trainer
+    /// export` writes a single mask), `seed=N`. Example:
+    /// `linear:4096x4096x8,mask=block16x16,density=0.1,weights=f32`.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Inputs per call.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Instruction set: auto, scalar, avx2, avx512 or neon.
+    #[arg(long, default_value = "auto")]
+    isa: String,
+    /// Also time the same layer shapes with dense f32 weights and no mask, and print the speedup.
+    #[arg(long)]
+    compare_dense: bool,
+    /// The mask set (task) to apply, by name or number.
+    #[arg(long)]
+    task: Option<String>,
+    /// Seconds to time each model for (after warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A parsed `--synthetic` spec.
+#[derive(Clone, Debug)]
+struct Spec {
+    /// `(rows, cols)` of each linear layer, in order.
+    shapes: Vec<(u32, u32)>,
+    weights: String,
+    mask: Option<[u16; 2]>,
+    element: bool,
+    density: f64,
+    packed: bool,
+    seed: u64,
+}
+
+fn parse_spec(s: &str) -> Result<Spec, String> {
+    let bad = |m: &str| format!("--synthetic {s:?}: {m}");
+    let mut parts = s.split(',');
+    let head = parts.next().unwrap_or("");
+    let dims = head
+        .strip_prefix("linear:")
+        .ok_or_else(|| bad("must start with linear:OUTxINxCOUNT"))?;
+    let nums: Vec<u32> = dims
+        .split('x')
+        .map(|d| d.parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("bad OUTxIN[xCOUNT]"))?;
+    let (out, inp, count) = match nums[..] {
+        [o, i] => (o, i, 1),
+        [o, i, c] => (o, i, c),
+        _ => return Err(bad("bad OUTxIN[xCOUNT]")),
+    };
+    if out == 0 || inp == 0 || count == 0 || count > 1000 {
+        return Err(bad("sizes must be positive (and at most 1000 layers)"));
+    }
+    let shapes = (0..count).map(|l| (out, if l == 0 { inp } else { out })).collect();
+    let mut spec = Spec {
+        shapes,
+        weights: "f32".into(),
+        mask: None,
+        element: false,
+        density: 1.0,
+        packed: true,
+        seed: 1,
+    };
+    let mut density_given = false;
+    for kv in parts {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("{kv:?} is not key=value")))?;
+        match k {
+            "weights" if ["f32", "f16", "bf16", "seeded"].contains(&v) => spec.weights = v.into(),
+            "mask" if v == "none" => {}
+            "mask" if v == "element" => spec.element = true,
+            "mask" => {
+                let rc = v
+                    .strip_prefix("block")
+                    .ok_or_else(|| bad("mask is none, element or blockRxC"))?;
+                let (r, c) = rc
+                    .split_once('x')
+                    .ok_or_else(|| bad("mask is none, element or blockRxC"))?;
+                let (r, c) = (
+                    r.parse::<u16>().map_err(|_| bad("bad block rows"))?,
+                    c.parse::<u16>().map_err(|_| bad("bad block columns"))?,
+                );
+                if r == 0 || c == 0 || r > 1024 || c > 1024 {
+                    return Err(bad("block sides are 1 to 1024"));
+                }
+                spec.mask = Some([r, c]);
+            }
+            "density" => {
+                spec.density = v.parse().map_err(|_| bad("density is a number"))?;
+                density_given = true;
+                if !(0.0..=1.0).contains(&spec.density) {
+                    return Err(bad("density is between 0 and 1"));
+                }
+            }
+            "layout" if v == "packed" || v == "tiled" => spec.packed = v == "packed",
+            "seed" => spec.seed = v.parse().map_err(|_| bad("seed is an integer"))?,
+            _ => return Err(bad(&format!("unknown or bad setting {kv:?}"))),
+        }
+    }
+    if (spec.element || spec.mask.is_some()) && !density_given {
+        spec.density = 0.5;
+    }
+    Ok(spec)
+}
+
+/// Uniform values in [-1, 1)·scale.
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| ((draw(seed, i) >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale)
+        .collect()
+}
+
+fn bits(seed: u64, n: usize, density: f64) -> Vec<bool> {
+    (0..n as u64)
+        .map(|i| ((draw(seed ^ 0xB175, i) >> 11) as f64) < density * (1u64 << 53) as f64)
+        .collect()
+}
+
+/// Builds the synthetic model (`dense`: the same shapes, f32, unmasked).
+fn build(spec: &Spec, dense: bool) -> Result<Vec<u8>, String> {
+    let mut b = ModelBuilder::new(&[spec.shapes[0].1]).map_err(|e| e.to_string())?;
+    let mut layers = Vec::new();
+    for (l, &(rows, cols)) in spec.shapes.iter().enumerate() {
+        let l = l as u32;
+        let n = rows as usize * cols as usize;
+        let name = format!("fc{l}.weight");
+        let scale = 1.0 / (cols as f32).sqrt();
+        let seed = spec.seed.wrapping_mul(1000) + l as u64;
+        let w = if dense { "f32" } else { spec.weights.as_str() };
+        let t = match w {
+            "seeded" => TensorSpec::seeded(
+                &name,
+                &[rows, cols],
+                SeededInit {
+                    rule: InitRule::SignedConstant,
+                    seed,
+                    stream: l,
+                    scale,
+                },
+            ),
+            "f16" => TensorSpec::new(
+                &name,
+                &[rows, cols],
+                TensorData::F16(values(seed, n, scale).into_iter().map(half::f16::from_f32).collect()),
+            ),
+            "bf16" => TensorSpec::new(
+                &name,
+                &[rows, cols],
+                TensorData::Bf16(values(seed, n, scale).into_iter().map(half::bf16::from_f32).collect()),
+            ),
+            _ => TensorSpec::f32(&name, &[rows, cols], values(seed, n, scale)),
+        }
+        .map_err(|e| e.to_string())?;
+        layers.push((
+            b.linear(&format!("fc{l}"), t, None).map_err(|e| e.to_string())?,
+            rows,
+            cols,
+            seed,
+        ));
+    }
+    if !dense && (spec.element || spec.mask.is_some()) {
+        let set = b.mask_set("synthetic").map_err(|e| e.to_string())?;
+        for &(id, rows, cols, seed) in &layers {
+            let spec_mask = match spec.mask {
+                Some([r, c]) => {
+                    let grid = rows.div_ceil(r as u32) as usize * cols.div_ceil(c as u32) as usize;
+                    MaskSpec::block_bools([r, c], &bits(seed, grid, spec.density))
+                }
+                None => MaskSpec::element_bools(&bits(seed, rows as usize * cols as usize, spec.density)),
+            };
+            b.set_mask(set, id, spec_mask).map_err(|e| e.to_string())?;
+            if spec.mask.is_some() && spec.packed && spec.weights != "seeded" {
+                b.pack_blocks(id).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    b.to_bytes().map_err(|e| e.to_string())
+}
+
+/// Bytes of weights and masks one inference reads: stored weights of kept blocks (or all),
+/// mask words; seeded weights read nothing but their mask.
+pub fn bytes_read(model: &Model<'_>, task: Option<u32>) -> u64 {
+    let mut total = 0u64;
+    for t in model.tensors() {
+        let mask = task.and_then(|s| model.mask(s, t.index));
+        let stored = t.data.len() as u64;
+        let weights = match (t.storage, t.layout, mask) {
+            (Storage::Seeded(_), _, _) => 0,
+            (_, Layout::TileMajor { .. }, Some(m)) => (stored as f64 * m.density()) as u64,
+            _ => stored,
+        };
+        total += weights + mask.map_or(0, |m| m.data.len() as u64);
+    }
+    total
+}
+
+/// The last-level cache's size in bytes, where the OS says.
+fn llc_bytes() -> Option<u64> {
+    let mut best = None;
+    for i in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+        let Ok(size) = std::fs::read_to_string(format!("{dir}/size")) else {
+            continue;
+        };
+        let size = size.trim();
+        let n: u64 = size.trim_end_matches(['K', 'M']).parse().ok()?;
+        let bytes = if size.ends_with('M') {
+            n << 20
+        } else if size.ends_with('K') {
+            n << 10
+        } else {
+            n
+        };
+        best = best.max(Some(bytes));
+    }
+    best
+}
+
+/// Single-thread streaming read bandwidth in GB/s, over `bytes` of memory (best of 5).
+fn read_bandwidth(bytes: usize) -> f64 {
+    let buf = vec![1.0f32; bytes / 4];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut acc = [0f32; 16];
+        for chunk in buf.chunks_exact(16) {
+            for (a, v) in acc.iter_mut().zip(chunk) {
+                *a += v;
+            }
+        }
+        std::hint::black_box(acc);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    bytes as f64 / best / 1e9
+}
+
+struct Timing {
+    median_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    runs: usize,
+}
+
+fn time(run: &mut Runner<'_>, seconds: f64) -> Result<Timing, String> {
+    let plan = run.plan();
+    let x = values(7, plan.batch() * plan.input_len(), 1.0);
+    let mut y = vec![0f32; plan.batch() * plan.output_len()];
+    for _ in 0..3 {
+        run.infer(&x, &mut y).map_err(|e| e.to_string())?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while (start.elapsed().as_secs_f64() < seconds || times.len() < 10) && times.len() < 1_000_000 {
+        let t = Instant::now();
+        run.infer(&x, &mut y).map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    Ok(Timing {
+        median_ms: pct(0.5),
+        p90_ms: pct(0.9),
+        p99_ms: pct(0.99),
+        runs: times.len(),
+    })
+}
+
+pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
+    let isa = crate::parse_isa(&a.isa)?;
+    if a.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let (bytes, spec) = match (&a.model, &a.synthetic) {
+        (Some(path), None) => (
+            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            None,
+        ),
+        (None, Some(s)) => {
+            let spec = parse_spec(s)?;
+            eprintln!("building the synthetic model …");
+            (build(&spec, false)?, Some(spec))
+        }
+        _ => return Err("give a model file or --synthetic, not both".into()),
+    };
+    let aligned = AlignedBytes::new(&bytes);
+    drop(bytes);
+    let name = a
+        .model
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| a.synthetic.clone().unwrap_or_default());
+    let model = Model::parse(aligned.bytes()).map_err(|e| format!("{name}: {e}"))?;
+    let task = crate::resolve_task(&model, a.task.as_deref(), std::path::Path::new(&name))?;
+    let mut plan = Plan::new(&model, a.batch, task).map_err(|e| format!("{name}: {e}"))?;
+    if let Some(isa) = isa {
+        plan = plan.with_isa(isa).map_err(|e| e.to_string())?;
+    }
+    let used_isa: Isa = plan.isa();
+    let read = bytes_read(&model, plan.task());
+    let mut run = Runner::new(plan);
+    let t = time(&mut run, a.seconds)?;
+    let llc = llc_bytes();
+    let mut out = json!({
+        "schema": crate::JSON_SCHEMA, "model": name, "batch": a.batch, "isa": used_isa.name(),
+        "median_ms": t.median_ms, "p90_ms": t.p90_ms, "p99_ms": t.p99_ms, "runs": t.runs,
+        "inputs_per_second": a.batch as f64 / (t.median_ms / 1e3),
+        "bytes_read": read, "gbs": read as f64 / (t.median_ms / 1e3) / 1e9, "llc_bytes": llc,
+    });
+    drop(run);
+    let mut notes = Vec::new();
+    if a.compare_dense {
+        let dense_spec = match &spec {
+            Some(s) => s.clone(),
+            None => dense_spec_of(&model)
+                .ok_or_else(|| format!("{name}: --compare-dense needs a chain of linear layers (no convolutions)"))?,
+        };
+        eprintln!("building the dense f32 model of the same shapes …");
+        let dense_bytes = AlignedBytes::new(&build(&dense_spec, true)?);
+        let dense = Model::parse(dense_bytes.bytes()).map_err(|e| e.to_string())?;
+        let mut dplan = Plan::new(&dense, a.batch, None).map_err(|e| e.to_string())?;
+        dplan = dplan.with_isa(used_isa).map_err(|e| e.to_string())?;
+        let dense_read = bytes_read(&dense, None);
+        let mut drun = Runner::new(dplan);
+        let d = time(&mut drun, a.seconds)?;
+        drop(drun);
+        let bandwidth = read_bandwidth(1 << 30);
+        let roofline_ms = dense_read as f64 / (bandwidth * 1e9) * 1e3;
+        out["dense_median_ms"] = json!(d.median_ms);
+        out["speedup"] = json!(d.median_ms / t.median_ms);
+        out["dense_bytes_read"] = json!(dense_read);
+        out["dense_gbs"] = json!(dense_read as f64 / (d.median_ms / 1e3) / 1e9);
+        out["bandwidth_gbs"] = json!(bandwidth);
+        out["dense_over_roofline"] = json!(d.median_ms / roofline_ms);
+        if llc.is_some_and(|l| dense_read <= l) {
+            notes.push(format!(
+                "the dense weights ({:.1} MB) fit in the last-level cache ({:.0} MB): these timings are not memory-bound",
+                dense_read as f64 / 1e6,
+                llc.unwrap_or(0) as f64 / (1 << 20) as f64
+            ));
+        }
+    } else if spec.is_some() && llc.is_some_and(|l| read <= l) {
+        notes.push(format!(
+            "the weights read ({:.1} MB) fit in the last-level cache ({:.0} MB): these timings are not memory-bound",
+            read as f64 / 1e6,
+            llc.unwrap_or(0) as f64 / (1 << 20) as f64
+        ));
+    }
+    out["notes"] = json!(notes);
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{name}: batch {}, {}, one thread, {} runs", a.batch, used_isa, t.runs);
+        println!(
+            "  median {:.4} ms (p90 {:.4}, p99 {:.4}), {:.1} inputs/s, {:.2} GB/s on {:.1} MB of weights and masks",
+            t.median_ms,
+            t.p90_ms,
+            t.p99_ms,
+            out["inputs_per_second"].as_f64().unwrap_or(0.0),
+            out["gbs"].as_f64().unwrap_or(0.0),
+            read as f64 / 1e6
+        );
+        if a.compare_dense {
+            println!(
+                "  dense f32: median {:.4} ms, {:.2} GB/s; speedup {:.2}x",
+                out["dense_median_ms"].as_f64().unwrap_or(0.0),
+                out["dense_gbs"].as_f64().unwrap_or(0.0),
+                out["speedup"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "  memory read bandwidth here {:.1} GB/s: dense takes {:.2}x the time to read its weights once",
+                out["bandwidth_gbs"].as_f64().unwrap_or(0.0),
+                out["dense_over_roofline"].as_f64().unwrap_or(0.0)
+            );
+        }
+        for n in &notes {
+            println!("  note: {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The layer shapes of a file's linear layers, chained (element-wise layers between them are
+/// left out: they cost little), for `--compare-dense` on a file.
+fn dense_spec_of(model: &Model<'_>) -> Option<Spec> {
+    let mut shapes = Vec::new();
+    for l in model.layers() {
+        if let smk_format::Op::Linear { weight, .. } = l.op {
+            let (r, c) = model.tensor(weight)?.matrix();
+            shapes.push((r as u32, c as u32));
+        }
+    }
+    let chained = !shapes.is_empty() && shapes.windows(2).all(|w| w[1].1 == w[0].0);
+    chained.then(|| Spec {
+        shapes,
+        weights: "f32".into(),
+        mask: None,
+        element: false,
+        density: 1.0,
+        packed: false,
+        seed: 1,
+    })
+}
+
+/// Bytes copied to 64-byte-aligned memory (as a mapped file is), so kernels read in place.
+struct AlignedBytes {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBytes {
+    fn new(bytes: &[u8]) -> Self {
+        let mut buf = vec![0u8; bytes.len() + 64];
+        let start = buf.as_ptr().align_offset(64).min(63);
+        buf[start..start + bytes.len()].copy_from_slice(bytes);
+        Self {
+            buf,
+            start,
+            len: bytes.len(),
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
