@@ -243,24 +243,6 @@ fn llc_bytes() -> Option<u64> {
     best
 }
 
-/// Single-thread streaming read bandwidth in GB/s, over `bytes` of memory (best of 5).
-fn read_bandwidth(bytes: usize) -> f64 {
-    let buf = vec![1.0f32; bytes / 4];
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let mut acc = [0f32; 16];
-        for chunk in buf.chunks_exact(16) {
-            for (a, v) in acc.iter_mut().zip(chunk) {
-                *a += v;
-            }
-        }
-        std::hint::black_box(acc);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    bytes as f64 / best / 1e9
-}
-
 struct Timing {
     median_ms: f64,
     p90_ms: f64,
@@ -268,28 +250,65 @@ struct Timing {
     runs: usize,
 }
 
-fn time(run: &mut Runner<'_>, seconds: f64) -> Result<Timing, String> {
-    let plan = run.plan();
-    let x = values(7, plan.batch() * plan.input_len(), 1.0);
-    let mut y = vec![0f32; plan.batch() * plan.output_len()];
-    for _ in 0..3 {
-        run.infer(&x, &mut y).map_err(|e| e.to_string())?;
+/// One pass of a single-thread streaming read over `buf`: seconds taken.
+fn read_pass(buf: &[f32]) -> f64 {
+    let t = Instant::now();
+    let mut acc = [0f32; 16];
+    for chunk in buf.chunks_exact(16) {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a += v;
+        }
     }
-    let mut times = Vec::new();
+    std::hint::black_box(acc);
+    t.elapsed().as_secs_f64()
+}
+
+/// Median milliseconds per call (and p90, p99) of each runner. With several, calls alternate
+/// round by round, so that all see the same machine (shared memory bandwidth drifts over
+/// seconds on a shared host); `stream`, when given, is read once per round too, and its
+/// median read time reported last.
+fn time_together(runs: &mut [&mut Runner<'_>], stream: Option<&[f32]>, seconds: f64) -> Result<Vec<Timing>, String> {
+    let mut io: Vec<(Vec<f32>, Vec<f32>)> = runs
+        .iter()
+        .map(|r| {
+            (
+                values(7, r.plan().batch() * r.plan().input_len(), 1.0),
+                vec![0f32; r.plan().batch() * r.plan().output_len()],
+            )
+        })
+        .collect();
+    for (r, (x, y)) in runs.iter_mut().zip(io.iter_mut()) {
+        for _ in 0..3 {
+            r.infer(x, y).map_err(|e| e.to_string())?;
+        }
+    }
+    let lanes = runs.len() + stream.is_some() as usize;
+    let mut times = vec![Vec::new(); lanes];
     let start = Instant::now();
-    while (start.elapsed().as_secs_f64() < seconds || times.len() < 10) && times.len() < 1_000_000 {
-        let t = Instant::now();
-        run.infer(&x, &mut y).map_err(|e| e.to_string())?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+    while (start.elapsed().as_secs_f64() < seconds * lanes as f64 || times[0].len() < 10) && times[0].len() < 1_000_000
+    {
+        for (k, (r, (x, y))) in runs.iter_mut().zip(io.iter_mut()).enumerate() {
+            let t = Instant::now();
+            r.infer(x, y).map_err(|e| e.to_string())?;
+            times[k].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        if let Some(buf) = stream {
+            times[lanes - 1].push(read_pass(buf) * 1e3);
+        }
     }
-    times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    Ok(Timing {
-        median_ms: pct(0.5),
-        p90_ms: pct(0.9),
-        p99_ms: pct(0.99),
-        runs: times.len(),
-    })
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            let pct = |p: f64| t[((t.len() - 1) as f64 * p).round() as usize];
+            Timing {
+                median_ms: pct(0.5),
+                p90_ms: pct(0.9),
+                p99_ms: pct(0.99),
+                runs: t.len(),
+            }
+        })
+        .collect())
 }
 
 pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
@@ -325,16 +344,8 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     let used_isa: Isa = plan.isa();
     let read = bytes_read(&model, plan.task());
     let mut run = Runner::new(plan);
-    let t = time(&mut run, a.seconds)?;
     let llc = llc_bytes();
-    let mut out = json!({
-        "schema": crate::JSON_SCHEMA, "model": name, "batch": a.batch, "isa": used_isa.name(),
-        "median_ms": t.median_ms, "p90_ms": t.p90_ms, "p99_ms": t.p99_ms, "runs": t.runs,
-        "inputs_per_second": a.batch as f64 / (t.median_ms / 1e3),
-        "bytes_read": read, "gbs": read as f64 / (t.median_ms / 1e3) / 1e9, "llc_bytes": llc,
-    });
-    drop(run);
-    let mut notes = Vec::new();
+    let mut dense_part = None;
     if a.compare_dense {
         let dense_spec = match &spec {
             Some(s) => s.clone(),
@@ -342,15 +353,35 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
                 .ok_or_else(|| format!("{name}: --compare-dense needs a chain of linear layers (no convolutions)"))?,
         };
         eprintln!("building the dense f32 model of the same shapes …");
-        let dense_bytes = AlignedBytes::new(&build(&dense_spec, true)?);
-        let dense = Model::parse(dense_bytes.bytes()).map_err(|e| e.to_string())?;
-        let mut dplan = Plan::new(&dense, a.batch, None).map_err(|e| e.to_string())?;
-        dplan = dplan.with_isa(used_isa).map_err(|e| e.to_string())?;
-        let dense_read = bytes_read(&dense, None);
-        let mut drun = Runner::new(dplan);
-        let d = time(&mut drun, a.seconds)?;
-        drop(drun);
-        let bandwidth = read_bandwidth(1 << 30);
+        dense_part = Some(AlignedBytes::new(&build(&dense_spec, true)?));
+    }
+    let (t, dense_timing) = match &dense_part {
+        None => (time_together(&mut [&mut run], None, a.seconds)?.remove(0), None),
+        Some(bytes) => {
+            let dense = Model::parse(bytes.bytes()).map_err(|e| e.to_string())?;
+            let dplan = Plan::new(&dense, a.batch, None)
+                .and_then(|p| p.with_isa(used_isa))
+                .map_err(|e| e.to_string())?;
+            let dense_read = bytes_read(&dense, None);
+            let mut drun = Runner::new(dplan);
+            // The streaming read covers as many bytes as the dense weights (at least 256 MB,
+            // so that it measures memory, not cache).
+            let stream_bytes = AlignedBytes::new(&vec![0u8; dense_read.max(256 << 20) as usize]);
+            let stream: &[f32] = bytemuck::cast_slice(stream_bytes.bytes());
+            let mut ts = time_together(&mut [&mut run, &mut drun], Some(stream), a.seconds)?;
+            let (s, d) = (ts.pop().ok_or("no timing")?, ts.pop().ok_or("no timing")?);
+            let bandwidth = stream.len() as f64 * 4.0 / (s.median_ms / 1e3) / 1e9;
+            (ts.remove(0), Some((d, dense_read, bandwidth)))
+        }
+    };
+    let mut out = json!({
+        "schema": crate::JSON_SCHEMA, "model": name, "batch": a.batch, "isa": used_isa.name(),
+        "median_ms": t.median_ms, "p90_ms": t.p90_ms, "p99_ms": t.p99_ms, "runs": t.runs,
+        "inputs_per_second": a.batch as f64 / (t.median_ms / 1e3),
+        "bytes_read": read, "gbs": read as f64 / (t.median_ms / 1e3) / 1e9, "llc_bytes": llc,
+    });
+    let mut notes = Vec::new();
+    if let Some((d, dense_read, bandwidth)) = dense_timing {
         let roofline_ms = dense_read as f64 / (bandwidth * 1e9) * 1e3;
         out["dense_median_ms"] = json!(d.median_ms);
         out["speedup"] = json!(d.median_ms / t.median_ms);
@@ -428,25 +459,23 @@ fn dense_spec_of(model: &Model<'_>) -> Option<Spec> {
     })
 }
 
-/// Bytes copied to 64-byte-aligned memory (as a mapped file is), so kernels read in place.
+/// Bytes copied to page-aligned anonymous memory, on huge pages where the kernel gives them
+/// (fewer TLB misses when streaming hundreds of megabytes), so kernels read in place.
 struct AlignedBytes {
-    buf: Vec<u8>,
-    start: usize,
+    map: memmap2::MmapMut,
     len: usize,
 }
 
 impl AlignedBytes {
     fn new(bytes: &[u8]) -> Self {
-        let mut buf = vec![0u8; bytes.len() + 64];
-        let start = buf.as_ptr().align_offset(64).min(63);
-        buf[start..start + bytes.len()].copy_from_slice(bytes);
-        Self {
-            buf,
-            start,
-            len: bytes.len(),
-        }
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).expect("anonymous memory for the model");
+        // Advice only: where huge pages are off, the copy works the same.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        map[..bytes.len()].copy_from_slice(bytes);
+        Self { map, len: bytes.len() }
     }
     fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
+        &self.map[..self.len]
     }
 }

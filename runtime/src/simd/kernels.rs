@@ -175,10 +175,16 @@ pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64
                     let mut w2 = E::load::<L>(wr.add(c + 2 * w_len));
                     let mut w3 = E::load::<L>(wr.add(c + 3 * w_len));
                     if masked {
-                        w0 = L::keep(w0, mask_bits::<L>(mr, c));
-                        w1 = L::keep(w1, mask_bits::<L>(mr, c + w_len));
-                        w2 = L::keep(w2, mask_bits::<L>(mr, c + 2 * w_len));
-                        w3 = L::keep(w3, mask_bits::<L>(mr, c + 3 * w_len));
+                        // One mask load covers the four vectors (4·W ≤ 64 columns, inside one
+                        // word); where all are kept the weights go through untouched.
+                        let all = low_bits(4 * w_len);
+                        let bits = (*mr.add(c / 64) >> (c % 64)) & all;
+                        if bits != all {
+                            w0 = L::keep(w0, bits);
+                            w1 = L::keep(w1, bits >> w_len);
+                            w2 = L::keep(w2, bits >> (2 * w_len));
+                            w3 = L::keep(w3, bits >> (3 * w_len));
+                        }
                     }
                     a0 = L::fma(w0, L::load(xb.add(c)), a0);
                     a1 = L::fma(w1, L::load(xb.add(c + w_len)), a1);
