@@ -403,7 +403,7 @@ fn bytemuck_u16<E: Elem>(w: &[u16]) -> &[E] {
 /// when `cols` is a multiple of `c`, else a copy in `work`. Returns the input, its stride and
 /// what is left of `work`.
 fn padded<'w>(x: &'w [f32], io: Io, cols: usize, c: usize, work: &'w mut [f32]) -> (&'w [f32], usize, &'w mut [f32]) {
-    if cols % c == 0 {
+    if cols.is_multiple_of(c) {
         return (x, io.x_stride, work);
     }
     let stride = round_up(cols, c);
@@ -516,12 +516,12 @@ fn blocks<E: Elem>(
     let (grid_rows, grid_cols) = (rows.div_ceil(r), cols.div_ceil(c));
     let area = r * c;
     let (xp, xs, _) = padded(x, io, cols, c, work);
-    let kisa = if isa == Isa::Avx512 && c % 16 != 0 {
+    let kisa = if isa == Isa::Avx512 && !c.is_multiple_of(16) {
         Isa::Avx2
     } else {
         isa
     };
-    let simd = c % lanes(kisa) == 0;
+    let simd = c.is_multiple_of(lanes(kisa));
     let mask_words = match mask {
         Some(m) => Some((m.as_words().ok_or(bad.clone())?, m.words_per_row as usize)),
         None => None,

@@ -318,7 +318,7 @@ impl TaskFamily {
                 Ok(out)
             }
             Self::Split(n) => {
-                if data.classes % n != 0 {
+                if !data.classes.is_multiple_of(n) {
                     return Err(Error::Config(format!(
                         "{} classes do not split into {n} equal groups",
                         data.classes

@@ -250,6 +250,13 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
     let session = open(&a.model)?;
     let images = input::read_idx(&a.images)?;
     let labels = input::read_idx(&a.labels)?;
+    if labels.dims.len() != 1 {
+        return Err(format!(
+            "{}: labels must be a rank-1 IDX file (one byte per image); it has dims {:?}",
+            a.labels.display(),
+            labels.dims
+        ));
+    }
     if images.len() != labels.len() {
         return Err(format!(
             "{} holds {} images but {} holds {} labels",

@@ -285,6 +285,7 @@ pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
         let mut r0 = 0;
         while r0 < g.rows_here {
             let rn = L::RB.min(g.rows_here - r0);
+            // SAFETY: `L`'s features are present (the module's contract).
             let mut acc = [unsafe { L::zero() }; 16];
             let mut it = blocks.clone();
             let mut cur = it.next();
@@ -376,6 +377,7 @@ pub(crate) unsafe fn signed_block_row<L: Lanes, B: Blocks>(
     for r in 0..g.rows_here {
         let row = row0 + r as u64;
         for b in 0..g.batch {
+            // SAFETY: `L`'s features are present (the module's contract).
             let (mut pos, mut tot) = (unsafe { L::zero() }, 0f32);
             let mut last = (u64::MAX, 0u64);
             for (gc, _) in blocks.clone() {

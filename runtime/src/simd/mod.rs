@@ -160,6 +160,7 @@ macro_rules! isa_kernels {
         /// # Safety
         /// The CPU has the features; the caller upholds [`kernels::signed_block_row`]'s contract.
         $(#[target_feature(enable = $features)])?
+        #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn signed_block_row<B: Blocks>(
             key: u64,
             row0: u64,
