@@ -56,6 +56,9 @@ pub(crate) struct BlockGeometry {
 pub(crate) trait Blocks: Iterator<Item = (usize, usize)> + Clone {}
 impl<T: Iterator<Item = (usize, usize)> + Clone> Blocks for T {}
 
+/// Rows the plain (any block width) kernels accumulate at once.
+const PLAIN_ROWS: usize = 16;
+
 /// The low `n` bits set.
 #[inline(always)]
 pub(crate) const fn low_bits(n: usize) -> u64 {
@@ -339,19 +342,27 @@ pub(crate) unsafe fn block_row_plain<E: Elem, B: Blocks>(
     y: *mut f32,
 ) {
     let area = g.r * g.c;
+    // As in `signed_block_row_plain`: rows in groups, one accumulator each.
     for b in 0..g.batch {
-        for r in 0..g.rows_here {
-            let mut acc = 0f32;
+        let mut r0 = 0;
+        while r0 < g.rows_here {
+            let rn = PLAIN_ROWS.min(g.rows_here - r0);
+            let mut acc = [0f32; PLAIN_ROWS];
             for (gc, k) in blocks.clone() {
                 for c in 0..g.c {
-                    // SAFETY: block `k` row `r` and input column gc·C + c are inside the buffers.
-                    unsafe {
-                        acc += (*data.add(k * area + r * g.c + c)).to_f32() * *x.add(b * g.x_stride + gc * g.c + c)
-                    };
+                    // SAFETY: input column gc·C + c is readable (padded), block `k` is stored.
+                    let xv = unsafe { *x.add(b * g.x_stride + gc * g.c + c) };
+                    for (r, a) in acc.iter_mut().enumerate().take(rn) {
+                        // SAFETY: row r0 + r < R of block k.
+                        *a += unsafe { (*data.add(k * area + (r0 + r) * g.c + c)).to_f32() } * xv;
+                    }
                 }
             }
-            // SAFETY: output (b, r) is inside `y`.
-            unsafe { *y.add(b * g.y_batch + r * g.y_row) = acc };
+            for (r, a) in acc.iter().enumerate().take(rn) {
+                // SAFETY: output (b, r0 + r) is inside `y`.
+                unsafe { *y.add(b * g.y_batch + (r0 + r) * g.y_row) = *a };
+            }
+            r0 += rn;
         }
     }
 }
@@ -422,23 +433,36 @@ pub(crate) unsafe fn signed_block_row_plain<B: Blocks>(
     y: *mut f32,
 ) {
     let words = g.cols.div_ceil(64) as u64;
-    for r in 0..g.rows_here {
-        let row = row0 + r as u64;
-        for b in 0..g.batch {
-            let (mut pos, mut tot) = (0f32, 0f32);
+    // Sixteen rows at a time, each its own accumulator (a single running sum would make every
+    // add wait for the previous one), and each row's last draw of 64 signs kept.
+    for b in 0..g.batch {
+        let mut r0 = 0;
+        while r0 < g.rows_here {
+            let rn = PLAIN_ROWS.min(g.rows_here - r0);
+            let mut pos = [0f32; PLAIN_ROWS];
+            let mut last = [(u64::MAX, 0u64); PLAIN_ROWS];
+            let mut tot = 0f32;
             for (gc, _) in blocks.clone() {
-                for c in gc * g.c..((gc + 1) * g.c).min(g.cols) {
-                    let s = draw(key, row * words + (c / 64) as u64) >> (c % 64) & 1;
-                    if s == 1 {
-                        // SAFETY: column c < cols of input b.
-                        pos += unsafe { *x.add(b * g.x_stride + c) };
+                let end = ((gc + 1) * g.c).min(g.cols);
+                for c in gc * g.c..end {
+                    let wi = (c / 64) as u64;
+                    // SAFETY: column c < cols of input b.
+                    let xv = unsafe { *x.add(b * g.x_stride + c) };
+                    for r in 0..rn {
+                        if last[r].0 != wi {
+                            last[r] = (wi, draw(key, (row0 + (r0 + r) as u64) * words + wi));
+                        }
+                        pos[r] += (last[r].1 >> (c % 64) & 1) as f32 * xv;
                     }
                 }
                 // SAFETY: the block sums hold grid_cols values per input.
                 tot += unsafe { *block_sums.add(b * g.grid_cols + gc) };
             }
-            // SAFETY: output (b, r) is inside `y`.
-            unsafe { *y.add(b * g.y_batch + r * g.y_row) = scale * (2.0 * pos - tot) };
+            for (r, p) in pos.iter().enumerate().take(rn) {
+                // SAFETY: output (b, r0 + r) is inside `y`.
+                unsafe { *y.add(b * g.y_batch + (r0 + r) * g.y_row) = scale * (2.0 * p - tot) };
+            }
+            r0 += rn;
         }
     }
 }
