@@ -48,6 +48,11 @@ pub enum Error {
         /// Bytes given.
         got: usize,
     },
+    /// The scratch the plan needs cannot be allocated (`std` only: `Runner` allocates it).
+    NoMemory {
+        /// Bytes asked for.
+        bytes: usize,
+    },
     /// The input does not hold `batch` inputs of the model's input shape.
     InputLength {
         /// f32 values expected.
@@ -91,6 +96,7 @@ impl core::fmt::Display for Error {
             Error::ScratchTooSmall { need, got } => {
                 write!(f, "scratch buffer holds {got} bytes; the plan needs {need}")
             }
+            Error::NoMemory { bytes } => write!(f, "cannot allocate {bytes} bytes of scratch for this plan"),
             Error::InputLength { expected, got } => {
                 write!(f, "input holds {got} values; the plan expects {expected}")
             }

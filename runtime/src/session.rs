@@ -41,8 +41,7 @@ impl Session {
         if let Some(isa) = isa {
             plan = plan.with_isa(isa)?;
         }
-        let scratch = vec![0u8; plan.scratch_bytes()];
-        Ok(Runner { plan, scratch })
+        Runner::try_new(plan)
     }
 }
 
@@ -54,10 +53,16 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    /// Makes a runner from a plan, allocating its scratch.
-    pub fn new(plan: Plan<'a>) -> Self {
-        let scratch = vec![0u8; plan.scratch_bytes()];
-        Self { plan, scratch }
+    /// Makes a runner from a plan, allocating its scratch; refuses (rather than aborting) when
+    /// the scratch cannot be allocated, as for a file that declares enormous activations.
+    pub fn try_new(plan: Plan<'a>) -> Result<Self, Error> {
+        let need = plan.scratch_bytes();
+        let mut scratch = Vec::new();
+        scratch
+            .try_reserve_exact(need)
+            .map_err(|_| Error::NoMemory { bytes: need })?;
+        scratch.resize(need, 0);
+        Ok(Self { plan, scratch })
     }
 
     /// The plan.

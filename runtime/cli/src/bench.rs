@@ -343,7 +343,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     }
     let used_isa: Isa = plan.isa();
     let read = bytes_read(&model, plan.task());
-    let mut run = Runner::new(plan);
+    let mut run = Runner::try_new(plan).map_err(|e| format!("{name}: {e}"))?;
     let llc = llc_bytes();
     let mut dense_part = None;
     if a.compare_dense {
@@ -363,7 +363,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
                 .and_then(|p| p.with_isa(used_isa))
                 .map_err(|e| e.to_string())?;
             let dense_read = bytes_read(&dense, None);
-            let mut drun = Runner::new(dplan);
+            let mut drun = Runner::try_new(dplan).map_err(|e| e.to_string())?;
             // The streaming read covers as many bytes as the dense weights (at least 256 MB,
             // so that it measures memory, not cache).
             let stream_bytes = AlignedBytes::new(&vec![0u8; dense_read.max(256 << 20) as usize]);
