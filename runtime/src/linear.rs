@@ -110,6 +110,32 @@ pub(crate) fn kernel_name(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> &'static s
     }
 }
 
+/// The geometry of block row `gr` of a `rows × cols` matrix cut into `block` blocks.
+fn block_geometry(block: [usize; 2], rows: usize, cols: usize, gr: usize, io: Io, x_stride: usize) -> BlockGeometry {
+    let [r, c] = block;
+    BlockGeometry {
+        r,
+        c,
+        rows_here: r.min(rows - gr * r),
+        cols,
+        grid_cols: cols.div_ceil(c),
+        batch: io.batch,
+        x_stride,
+        y_batch: io.y_batch,
+        y_row: io.y_row,
+    }
+}
+
+/// The instruction set for blocks `c` wide: AVX-512's vectors are 16 wide, so blocks of 8
+/// (or 24, 40, …) columns run on its AVX2 (every AVX-512 CPU here has it).
+fn block_isa(isa: Isa, c: usize) -> Isa {
+    if isa == Isa::Avx512 && !c.is_multiple_of(16) {
+        Isa::Avx2
+    } else {
+        isa
+    }
+}
+
 fn round_up(n: usize, m: usize) -> usize {
     n.div_ceil(m) * m
 }
@@ -308,24 +334,10 @@ pub(crate) fn matvec(
             for gr in 0..rows.div_ceil(r) {
                 let row_words = mw.get(gr * mwpr..(gr + 1) * mwpr).ok_or(bad.clone())?;
                 let set = SetBits::new(row_words, grid_cols, gr * grid_cols);
-                let g = BlockGeometry {
-                    r,
-                    c,
-                    rows_here: r.min(rows - gr * r),
-                    cols,
-                    grid_cols,
-                    batch: io.batch,
-                    x_stride: xs,
-                    y_batch: io.y_batch,
-                    y_row: io.y_row,
-                };
+                let g = block_geometry([r, c], rows, cols, gr, io, xs);
                 let yp = y[gr * r * io.y_row..].as_mut_ptr();
                 let row0 = (gr * r) as u64;
-                let kisa = if isa == Isa::Avx512 && c % 16 != 0 {
-                    Isa::Avx2
-                } else {
-                    isa
-                };
+                let kisa = block_isa(isa, c);
                 // SAFETY: the padded input holds grid_cols·C values per input, the sums
                 // grid_cols per input, and the block row's outputs are inside `y` (checked
                 // above); `kisa` is available (AVX-512 implies AVX2).
@@ -516,28 +528,14 @@ fn blocks<E: Elem>(
     let (grid_rows, grid_cols) = (rows.div_ceil(r), cols.div_ceil(c));
     let area = r * c;
     let (xp, xs, _) = padded(x, io, cols, c, work);
-    let kisa = if isa == Isa::Avx512 && !c.is_multiple_of(16) {
-        Isa::Avx2
-    } else {
-        isa
-    };
+    let kisa = block_isa(isa, c);
     let simd = c.is_multiple_of(lanes(kisa));
     let mask_words = match mask {
         Some(m) => Some((m.as_words().ok_or(bad.clone())?, m.words_per_row as usize)),
         None => None,
     };
     for gr in 0..grid_rows {
-        let g = BlockGeometry {
-            r,
-            c,
-            rows_here: r.min(rows - gr * r),
-            cols,
-            grid_cols,
-            batch: io.batch,
-            x_stride: xs,
-            y_batch: io.y_batch,
-            y_row: io.y_row,
-        };
+        let g = block_geometry([r, c], rows, cols, gr, io, xs);
         let yp = y[gr * r * io.y_row..].as_mut_ptr();
         macro_rules! run {
             ($blocks:expr) => {{
