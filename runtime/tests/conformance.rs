@@ -244,3 +244,16 @@ fn trained_shapes() {
         }
     }
 }
+
+/// The batch kernel's passes over columns (512 at a time) and its register tiles (4 rows × 4
+/// inputs) at their edges: 1,100 columns, 7 rows, 4 to 9 inputs.
+#[test]
+fn batch_tiles_and_column_passes() {
+    for (k, &weights) in WEIGHTS[..3].iter().enumerate() {
+        for mask in [MaskKind::None, MaskKind::Element] {
+            for batch in [4, 6, 9] {
+                Problem { rows: 7, cols: 1100, batch, weights, mask, density: 0.7, bias: true, seed: 90 + k as u64 }.check();
+            }
+        }
+    }
+}

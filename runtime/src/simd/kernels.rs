@@ -100,6 +100,94 @@ unsafe fn load_at<L: Lanes, E: Elem>(p: *const E, c: usize, cols: usize) -> L::V
     }
 }
 
+/// Weight rows and inputs whose `MR × NR` dot products one register tile holds.
+const MR: usize = 4;
+const NR: usize = 4;
+/// Columns per pass of the batch kernel: a `MR × KC` weight panel (8 KB of f32) stays in L1
+/// while every input's `KC` columns stream past it from L2.
+const KC: usize = 512;
+
+/// The dot products of weight rows `o .. o + M` with inputs `b .. b + N` over columns
+/// `k0 .. k0 + kn`, stored into `y` (first pass) or added to it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize>(
+    w: *const E,
+    mask: *const u64,
+    g: &Rows,
+    x: *const f32,
+    y: *mut f32,
+    (o, b): (usize, usize),
+    (k0, kn): (usize, usize),
+) {
+    // SAFETY: rows o .. o + M, inputs b .. b + N and columns k0 .. k0 + kn ≤ cols are inside the
+    // caller's buffers (its contract); `load_at` stops at `cols`.
+    unsafe {
+        let mut acc = [[L::zero(); N]; M];
+        let end = k0 + kn;
+        let mut c = k0;
+        while c < end {
+            let mut xv = [L::zero(); N];
+            for (j, v) in xv.iter_mut().enumerate() {
+                *v = load_at::<L, f32>(x.add((b + j) * g.x_stride), c, g.cols);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let mut wv = load_at::<L, E>(w.add((o + i) * g.w_stride), c, g.cols);
+                if !mask.is_null() {
+                    wv = L::keep(wv, mask_bits::<L>(mask.add((o + i) * g.mask_stride), c));
+                }
+                for (a, v) in row.iter_mut().zip(&xv) {
+                    *a = L::fma(wv, *v, *a);
+                }
+            }
+            c += L::W;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, a) in row.iter().enumerate() {
+                let out = y.add((b + j) * g.y_batch + (o + i) * g.y_row);
+                *out = if k0 == 0 { L::sum(*a) } else { *out + L::sum(*a) };
+            }
+        }
+    }
+}
+
+/// [`dense_rows`] for four or more inputs: register tiles of `MR` rows × `NR` inputs, each
+/// weight load shared by `NR` inputs and each input load by `MR` rows, over `KC`-column passes.
+///
+/// # Safety
+/// As for [`dense_rows`].
+#[inline(always)]
+unsafe fn dense_gemm<L: Lanes, E: Elem>(w: *const E, mask: *const u64, g: Rows, x: *const f32, y: *mut f32) {
+    let mut k0 = 0;
+    while k0 < g.cols {
+        let k = (k0, KC.min(g.cols - k0));
+        let mut o = 0;
+        while o < g.rows {
+            let m = MR.min(g.rows - o);
+            let mut b = 0;
+            while b < g.batch {
+                let n = NR.min(g.batch - b);
+                // SAFETY: the tiles stay inside rows < rows, inputs < batch (the caller's contract).
+                unsafe {
+                    match (m == MR, n == NR) {
+                        (true, true) => tile::<L, E, MR, NR>(w, mask, &g, x, y, (o, b), k),
+                        (true, false) => (0..n).for_each(|j| tile::<L, E, MR, 1>(w, mask, &g, x, y, (o, b + j), k)),
+                        (false, true) => (0..m).for_each(|i| tile::<L, E, 1, NR>(w, mask, &g, x, y, (o + i, b), k)),
+                        (false, false) => {
+                            for i in 0..m {
+                                (0..n).for_each(|j| tile::<L, E, 1, 1>(w, mask, &g, x, y, (o + i, b + j), k));
+                            }
+                        }
+                    }
+                }
+                b += n;
+            }
+            o += m;
+        }
+        k0 += KC;
+    }
+}
+
 /// `y[b, o] = Σ_c w[o, c] · m[o, c] · x[b, c]`, `m` the bits at `mask` (all ones when null).
 ///
 /// # Safety
@@ -107,6 +195,10 @@ unsafe fn load_at<L: Lanes, E: Elem>(p: *const E, c: usize, cols: usize) -> L::V
 /// `ceil(cols/64)` words at `mask_stride`, `x` `batch` vectors at `x_stride`.
 #[inline(always)]
 pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64, g: Rows, x: *const f32, y: *mut f32) {
+    if g.batch >= NR {
+        // SAFETY: forwarded contract.
+        return unsafe { dense_gemm::<L, E>(w, mask, g, x, y) };
+    }
     let w_len = L::W;
     let full = g.cols / w_len * w_len;
     for o in 0..g.rows {
@@ -134,36 +226,6 @@ pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64
             }
         }
         let mut b = 0;
-        // Four inputs at a time share each weight load.
-        while b + 4 <= g.batch {
-            // SAFETY: inputs b..b+4 are inside `x`; columns < cols; tails use `load_at`.
-            unsafe {
-                let xs = [
-                    x.add(b * g.x_stride),
-                    x.add((b + 1) * g.x_stride),
-                    x.add((b + 2) * g.x_stride),
-                    x.add((b + 3) * g.x_stride),
-                ];
-                let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
-                let mut c = 0;
-                while c < g.cols {
-                    let mut wv = load_at::<L, E>(wr, c, g.cols);
-                    if !mr.is_null() {
-                        wv = L::keep(wv, mask_bits::<L>(mr, c));
-                    }
-                    a0 = L::fma(wv, load_at::<L, f32>(xs[0], c, g.cols), a0);
-                    a1 = L::fma(wv, load_at::<L, f32>(xs[1], c, g.cols), a1);
-                    a2 = L::fma(wv, load_at::<L, f32>(xs[2], c, g.cols), a2);
-                    a3 = L::fma(wv, load_at::<L, f32>(xs[3], c, g.cols), a3);
-                    c += w_len;
-                }
-                *y.add(b * g.y_batch + o * g.y_row) = L::sum(a0);
-                *y.add((b + 1) * g.y_batch + o * g.y_row) = L::sum(a1);
-                *y.add((b + 2) * g.y_batch + o * g.y_row) = L::sum(a2);
-                *y.add((b + 3) * g.y_batch + o * g.y_row) = L::sum(a3);
-            }
-            b += 4;
-        }
         // One input: four accumulators along the row hide the FMA latency.
         while b < g.batch {
             // SAFETY: input b is inside `x`; the unrolled loop stays below `full`; tails use `load_at`.
