@@ -252,7 +252,17 @@ fn batch_tiles_and_column_passes() {
     for (k, &weights) in WEIGHTS[..3].iter().enumerate() {
         for mask in [MaskKind::None, MaskKind::Element] {
             for batch in [4, 6, 9] {
-                Problem { rows: 7, cols: 1100, batch, weights, mask, density: 0.7, bias: true, seed: 90 + k as u64 }.check();
+                Problem {
+                    rows: 7,
+                    cols: 1100,
+                    batch,
+                    weights,
+                    mask,
+                    density: 0.7,
+                    bias: true,
+                    seed: 90 + k as u64,
+                }
+                .check();
             }
         }
     }

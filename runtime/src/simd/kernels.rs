@@ -56,6 +56,9 @@ pub(crate) struct BlockGeometry {
 pub(crate) trait Blocks: Iterator<Item = (usize, usize)> + Clone {}
 impl<T: Iterator<Item = (usize, usize)> + Clone> Blocks for T {}
 
+/// How many kept tiles ahead the block kernel prefetches.
+const PREFETCH_TILES: usize = 4;
+
 /// Rows the plain (any block width) kernels accumulate at once.
 const PLAIN_ROWS: usize = 16;
 
@@ -108,10 +111,12 @@ const NR: usize = 4;
 const KC: usize = 512;
 
 /// The dot products of weight rows `o .. o + M` with inputs `b .. b + N` over columns
-/// `k0 .. k0 + kn`, stored into `y` (first pass) or added to it.
+/// `k0 .. k0 + kn`, stored into `y` (first pass) or added to it. The loop over whole vectors
+/// has no branch (masking is a compile-time choice), so the `M × N` accumulators stay in
+/// registers; the last partial vector is done apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize>(
+unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize, const MASKED: bool>(
     w: *const E,
     mask: *const u64,
     g: &Rows,
@@ -121,26 +126,46 @@ unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize>(
     (k0, kn): (usize, usize),
 ) {
     // SAFETY: rows o .. o + M, inputs b .. b + N and columns k0 .. k0 + kn ≤ cols are inside the
-    // caller's buffers (its contract); `load_at` stops at `cols`.
+    // caller's buffers (its contract); whole vectors end at or before k0 + kn, the tail is
+    // loaded through a buffer.
     unsafe {
-        let mut acc = [[L::zero(); N]; M];
-        let end = k0 + kn;
-        let mut c = k0;
-        while c < end {
-            let mut xv = [L::zero(); N];
-            for (j, v) in xv.iter_mut().enumerate() {
-                *v = load_at::<L, f32>(x.add((b + j) * g.x_stride), c, g.cols);
+        let wr: [*const E; M] = core::array::from_fn(|i| w.add((o + i) * g.w_stride));
+        let mr: [*const u64; M] = core::array::from_fn(|i| {
+            if MASKED {
+                mask.add((o + i) * g.mask_stride)
+            } else {
+                mask
             }
-            for (i, row) in acc.iter_mut().enumerate() {
-                let mut wv = load_at::<L, E>(w.add((o + i) * g.w_stride), c, g.cols);
-                if !mask.is_null() {
-                    wv = L::keep(wv, mask_bits::<L>(mask.add((o + i) * g.mask_stride), c));
+        });
+        let xr: [*const f32; N] = core::array::from_fn(|j| x.add((b + j) * g.x_stride));
+        let whole = k0 + kn / L::W * L::W;
+        let mut c = k0;
+        let mut acc = [[L::zero(); N]; M];
+        while c < whole {
+            let xv: [L::V; N] = core::array::from_fn(|j| L::load(xr[j].add(c)));
+            for i in 0..M {
+                let mut wv = E::load::<L>(wr[i].add(c));
+                if MASKED {
+                    wv = L::keep(wv, mask_bits::<L>(mr[i], c));
                 }
-                for (a, v) in row.iter_mut().zip(&xv) {
-                    *a = L::fma(wv, *v, *a);
+                for j in 0..N {
+                    acc[i][j] = L::fma(wv, xv[j], acc[i][j]);
                 }
             }
             c += L::W;
+        }
+        if whole < k0 + kn {
+            let n = k0 + kn - whole;
+            let xv: [L::V; N] = core::array::from_fn(|j| load_tail::<L, f32>(xr[j].add(whole), n));
+            for i in 0..M {
+                let mut wv = load_tail::<L, E>(wr[i].add(whole), n);
+                if MASKED {
+                    wv = L::keep(wv, mask_bits::<L>(mr[i], whole));
+                }
+                for j in 0..N {
+                    acc[i][j] = L::fma(wv, xv[j], acc[i][j]);
+                }
+            }
         }
         for (i, row) in acc.iter().enumerate() {
             for (j, a) in row.iter().enumerate() {
@@ -158,6 +183,24 @@ unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize>(
 /// As for [`dense_rows`].
 #[inline(always)]
 unsafe fn dense_gemm<L: Lanes, E: Elem>(w: *const E, mask: *const u64, g: Rows, x: *const f32, y: *mut f32) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if mask.is_null() {
+            dense_gemm_with::<L, E, false>(w, mask, g, x, y)
+        } else {
+            dense_gemm_with::<L, E, true>(w, mask, g, x, y)
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn dense_gemm_with<L: Lanes, E: Elem, const MASKED: bool>(
+    w: *const E,
+    mask: *const u64,
+    g: Rows,
+    x: *const f32,
+    y: *mut f32,
+) {
     let mut k0 = 0;
     while k0 < g.cols {
         let k = (k0, KC.min(g.cols - k0));
@@ -170,12 +213,16 @@ unsafe fn dense_gemm<L: Lanes, E: Elem>(w: *const E, mask: *const u64, g: Rows, 
                 // SAFETY: the tiles stay inside rows < rows, inputs < batch (the caller's contract).
                 unsafe {
                     match (m == MR, n == NR) {
-                        (true, true) => tile::<L, E, MR, NR>(w, mask, &g, x, y, (o, b), k),
-                        (true, false) => (0..n).for_each(|j| tile::<L, E, MR, 1>(w, mask, &g, x, y, (o, b + j), k)),
-                        (false, true) => (0..m).for_each(|i| tile::<L, E, 1, NR>(w, mask, &g, x, y, (o + i, b), k)),
+                        (true, true) => tile::<L, E, MR, NR, MASKED>(w, mask, &g, x, y, (o, b), k),
+                        (true, false) => {
+                            (0..n).for_each(|j| tile::<L, E, MR, 1, MASKED>(w, mask, &g, x, y, (o, b + j), k))
+                        }
+                        (false, true) => {
+                            (0..m).for_each(|i| tile::<L, E, 1, NR, MASKED>(w, mask, &g, x, y, (o + i, b), k))
+                        }
                         (false, false) => {
                             for i in 0..m {
-                                (0..n).for_each(|j| tile::<L, E, 1, 1>(w, mask, &g, x, y, (o + i, b + j), k));
+                                (0..n).for_each(|j| tile::<L, E, 1, 1, MASKED>(w, mask, &g, x, y, (o + i, b + j), k));
                             }
                         }
                     }
@@ -352,24 +399,31 @@ pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
             let rn = L::RB.min(g.rows_here - r0);
             // SAFETY: `L`'s features are present (the module's contract).
             let mut acc = [unsafe { L::zero() }; 16];
-            let mut it = blocks.clone();
-            let mut cur = it.next();
-            while let Some((gc, k)) = cur {
-                let next = it.next();
-                // SAFETY: blocks `k` and the next are stored in `data`; their rows r0..r0+rn
-                // are `rn·C` contiguous elements; input columns gc·C .. gc·C + C are readable.
+            // Tiles are scattered (tile-major) or follow each other (packed): either way, ask
+            // for the rows of the tile `PREFETCH_TILES` ahead while this one is multiplied, so
+            // that memory latency overlaps the work of the tiles in between.
+            let bytes = rn * g.c * core::mem::size_of::<E>();
+            let prefetch = |k: usize| {
+                // SAFETY: block `k` is stored in `data`; prefetching never faults.
+                let p = unsafe { data.add(k * area + r0 * g.c).cast::<u8>() };
+                let mut off = 0;
+                while off < bytes {
+                    // SAFETY: as above.
+                    unsafe { L::prefetch(p.wrapping_add(off)) };
+                    off += 64;
+                }
+            };
+            let mut ahead = blocks.clone();
+            for (_, k) in ahead.by_ref().take(PREFETCH_TILES) {
+                prefetch(k);
+            }
+            for (gc, k) in blocks.clone() {
+                if let Some((_, kn)) = ahead.next() {
+                    prefetch(kn);
+                }
+                // SAFETY: block `k` is stored in `data`; its rows r0..r0+rn are `rn·C`
+                // contiguous elements; input columns gc·C .. gc·C + C are readable.
                 unsafe {
-                    if let Some((_, kn)) = next {
-                        // Fetch the next kept tile while this one is multiplied: the tiles are
-                        // scattered, so the hardware prefetcher cannot guess them.
-                        let p = data.add(kn * area + r0 * g.c).cast::<u8>();
-                        let bytes = rn * g.c * core::mem::size_of::<E>();
-                        let mut off = 0;
-                        while off < bytes {
-                            L::prefetch(p.add(off));
-                            off += 64;
-                        }
-                    }
                     let blk = data.add(k * area + r0 * g.c);
                     let xc = xb.add(gc * g.c);
                     let mut cc = 0;
@@ -381,7 +435,6 @@ pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
                         cc += L::W;
                     }
                 }
-                cur = next;
             }
             for (r, a) in acc.iter().enumerate().take(rn) {
                 // SAFETY: output (b, r0 + r) is inside `y`.
