@@ -79,15 +79,20 @@ unsafe fn mask_bits<L: Lanes>(mask: *const u64, c: usize) -> u64 {
     (unsafe { *mask.add(c / 64) } >> (c % 64)) & low_bits(L::W)
 }
 
-/// Loads the `n < W` elements at `p`, the other lanes 0.
+/// Loads the `n < W` elements at `p`, the other lanes 0. Element by element over a fixed `W`
+/// lanes: a variable-length copy would become a call to `memcpy`, and a call inside a kernel's
+/// loop makes the compiler keep every accumulator in memory.
 #[inline(always)]
 unsafe fn load_tail<L: Lanes, E: Elem>(p: *const E, n: usize) -> L::V {
     let mut buf = [E::default(); 16];
-    // SAFETY: `p` is valid for `n` elements (the caller's contract), `buf` for 16 ≥ W.
-    unsafe {
-        core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
-        E::load::<L>(buf.as_ptr())
+    for (i, v) in buf.iter_mut().enumerate().take(L::W) {
+        if i < n {
+            // SAFETY: `p` is valid for `n` elements (the caller's contract).
+            *v = unsafe { p.add(i).read() };
+        }
     }
+    // SAFETY: `buf` holds 16 ≥ W elements.
+    unsafe { E::load::<L>(buf.as_ptr()) }
 }
 
 /// Loads `W` elements at column `c`, or the `cols − c` left at the tail.
@@ -141,6 +146,73 @@ unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize, const MASKED: 
         let whole = k0 + kn / L::W * L::W;
         let mut c = k0;
         let mut acc = [[L::zero(); N]; M];
+        if M == 4 && N == 4 {
+            // The full tile with sixteen named accumulators: as an array indexed in a loop, the
+            // compiler keeps some of them in memory.
+            let (w0, w1, w2, w3) = (wr[0], wr[1 % M], wr[2 % M], wr[3 % M]);
+            let (m0, m1, m2, m3) = (mr[0], mr[1 % M], mr[2 % M], mr[3 % M]);
+            let (x0, x1, x2, x3) = (xr[0], xr[1 % N], xr[2 % N], xr[3 % N]);
+            let z = L::zero();
+            let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+            let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+            let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+            let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+            while c < whole {
+                let (v0, v1, v2, v3) = (
+                    L::load(x0.add(c)),
+                    L::load(x1.add(c)),
+                    L::load(x2.add(c)),
+                    L::load(x3.add(c)),
+                );
+                let load = |p: *const E, m: *const u64| {
+                    let v = E::load::<L>(p.add(c));
+                    if MASKED {
+                        L::keep(v, mask_bits::<L>(m, c))
+                    } else {
+                        v
+                    }
+                };
+                let r = load(w0, m0);
+                (a00, a01, a02, a03) = (
+                    L::fma(r, v0, a00),
+                    L::fma(r, v1, a01),
+                    L::fma(r, v2, a02),
+                    L::fma(r, v3, a03),
+                );
+                let r = load(w1, m1);
+                (a10, a11, a12, a13) = (
+                    L::fma(r, v0, a10),
+                    L::fma(r, v1, a11),
+                    L::fma(r, v2, a12),
+                    L::fma(r, v3, a13),
+                );
+                let r = load(w2, m2);
+                (a20, a21, a22, a23) = (
+                    L::fma(r, v0, a20),
+                    L::fma(r, v1, a21),
+                    L::fma(r, v2, a22),
+                    L::fma(r, v3, a23),
+                );
+                let r = load(w3, m3);
+                (a30, a31, a32, a33) = (
+                    L::fma(r, v0, a30),
+                    L::fma(r, v1, a31),
+                    L::fma(r, v2, a32),
+                    L::fma(r, v3, a33),
+                );
+                c += L::W;
+            }
+            let named = [
+                [a00, a01, a02, a03],
+                [a10, a11, a12, a13],
+                [a20, a21, a22, a23],
+                [a30, a31, a32, a33],
+            ];
+            acc = core::array::from_fn(|i| core::array::from_fn(|j| named[i % 4][j % 4]));
+            // The tail and the stores below run once; the loop above must not share them.
+            tile_finish::<L, E, M, N, MASKED>(acc, wr, mr, xr, g, y, (o, b), (k0, kn), whole);
+            return;
+        }
         while c < whole {
             let xv: [L::V; N] = core::array::from_fn(|j| L::load(xr[j].add(c)));
             for i in 0..M {
@@ -154,6 +226,26 @@ unsafe fn tile<L: Lanes, E: Elem, const M: usize, const N: usize, const MASKED: 
             }
             c += L::W;
         }
+        tile_finish::<L, E, M, N, MASKED>(acc, wr, mr, xr, g, y, (o, b), (k0, kn), whole);
+    }
+}
+
+/// The last partial vector of a tile's pass, then its stores.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_finish<L: Lanes, E: Elem, const M: usize, const N: usize, const MASKED: bool>(
+    mut acc: [[L::V; N]; M],
+    wr: [*const E; M],
+    mr: [*const u64; M],
+    xr: [*const f32; N],
+    g: &Rows,
+    y: *mut f32,
+    (o, b): (usize, usize),
+    (k0, kn): (usize, usize),
+    whole: usize,
+) {
+    // SAFETY: as for `tile`.
+    unsafe {
         if whole < k0 + kn {
             let n = k0 + kn - whole;
             let xv: [L::V; N] = core::array::from_fn(|j| load_tail::<L, f32>(xr[j].add(whole), n));
@@ -340,11 +432,15 @@ pub(crate) unsafe fn signed_rows<L: Lanes>(
     let masked = !mask.is_null();
     for o in 0..g.rows {
         for b in 0..g.batch {
-            // SAFETY: rows, words and inputs are inside the caller's buffers; columns past
-            // `cols` are read through `load_at`, which stops at `cols`.
+            // SAFETY: rows, words and inputs are inside the caller's buffers; whole words read
+            // 64 columns below `cols`, the last partial word goes through `load_at`.
             unsafe {
                 let xb = x.add(b * g.x_stride);
-                let (mut pos, mut tot) = (L::zero(), L::zero());
+                // Four accumulators of each kind: one running sum would make every add wait
+                // for the one before.
+                let z = L::zero();
+                let (mut p0, mut p1, mut p2, mut p3) = (z, z, z, z);
+                let (mut t0, mut t1, mut t2, mut t3) = (z, z, z, z);
                 for wi in 0..words {
                     let m = if masked {
                         *mask.add(o * g.mask_stride + wi)
@@ -355,22 +451,46 @@ pub(crate) unsafe fn signed_rows<L: Lanes>(
                         continue;
                     }
                     let a = *signs.add(o * g.mask_stride + wi) & m;
-                    let mut q = 0;
-                    while q < 64 && wi * 64 + q < g.cols {
-                        let c = wi * 64 + q;
-                        let mb = (m >> q) & low_bits(L::W);
-                        if mb != 0 {
-                            let xv = load_at::<L, f32>(xb, c, g.cols);
-                            pos = L::add_where(pos, xv, (a >> q) & low_bits(L::W));
+                    let base = wi * 64;
+                    if base + 64 <= g.cols {
+                        // Four vectors at a time (64 columns is 4, 8 or 16 vectors).
+                        let mut q = 0;
+                        while q < 64 {
+                            let bits = |v: u64, k: usize| (v >> (q + k * L::W)) & low_bits(L::W);
+                            let xp = xb.add(base + q);
+                            let (x0, x1, x2, x3) = (
+                                L::load(xp),
+                                L::load(xp.add(L::W)),
+                                L::load(xp.add(2 * L::W)),
+                                L::load(xp.add(3 * L::W)),
+                            );
+                            p0 = L::add_where(p0, x0, bits(a, 0));
+                            p1 = L::add_where(p1, x1, bits(a, 1));
+                            p2 = L::add_where(p2, x2, bits(a, 2));
+                            p3 = L::add_where(p3, x3, bits(a, 3));
                             if masked {
-                                tot = L::add_where(tot, xv, mb);
+                                t0 = L::add_where(t0, x0, bits(m, 0));
+                                t1 = L::add_where(t1, x1, bits(m, 1));
+                                t2 = L::add_where(t2, x2, bits(m, 2));
+                                t3 = L::add_where(t3, x3, bits(m, 3));
                             }
+                            q += 4 * L::W;
                         }
-                        q += L::W;
+                    } else {
+                        let mut q = 0;
+                        while base + q < g.cols {
+                            let xv = load_at::<L, f32>(xb, base + q, g.cols);
+                            p0 = L::add_where(p0, xv, (a >> q) & low_bits(L::W));
+                            if masked {
+                                t0 = L::add_where(t0, xv, (m >> q) & low_bits(L::W));
+                            }
+                            q += L::W;
+                        }
                     }
                 }
-                let total = if masked { L::sum(tot) } else { *totals.add(b) };
-                *y.add(b * g.y_batch + o * g.y_row) = scale * (2.0 * L::sum(pos) - total);
+                let sum4 = |a: L::V, b: L::V, c: L::V, d: L::V| (L::sum(a) + L::sum(b)) + (L::sum(c) + L::sum(d));
+                let total = if masked { sum4(t0, t1, t2, t3) } else { *totals.add(b) };
+                *y.add(b * g.y_batch + o * g.y_row) = scale * (2.0 * sum4(p0, p1, p2, p3) - total);
             }
         }
     }
