@@ -77,7 +77,7 @@ fn kernels(c: &mut Criterion, cases: &mut Vec<Case>) {
     }
     masks.push((Weights::F32, Mask::Block(16, 16, 0.1, false)));
     masks.push((Weights::Seeded, Mask::Element(0.5)));
-    masks.push((Weights::Seeded, Mask::Block(16, 16, 0.1, false)));
+    masks.push((Weights::Seeded, Mask::Block(16, 16, 0.1, true)));
     for (rows, cols) in [(300u32, 784u32), (1024, 1024), (4096, 4096)] {
         let group = format!("layer-{rows}x{cols}");
         for &(w, mask) in &masks {

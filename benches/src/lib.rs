@@ -94,6 +94,7 @@ fn weight(name: &str, rows: u32, cols: u32, w: Weights, seed: u64) -> TensorSpec
     .expect("valid weight")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn set_mask(b: &mut ModelBuilder, set: u32, layer: u32, rows: u32, cols: u32, mask: Mask, w: Weights, seed: u64) {
     match mask {
         Mask::None => {}

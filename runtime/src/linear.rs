@@ -110,6 +110,22 @@ pub(crate) fn kernel_name(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> &'static s
     }
 }
 
+/// From this many inputs on, unmasked dense and block products run batch-major: the inputs are
+/// transposed once per layer, and each weight is broadcast against a vector of inputs.
+const OUTER_MIN_BATCH: usize = 8;
+
+/// `x` (batch × cols, stride `io.x_stride`) transposed into `xt` (`rows_pad` × `bp`), zero past
+/// `cols` and past the batch.
+fn transpose(x: &[f32], io: Io, cols: usize, rows_pad: usize, bp: usize, xt: &mut [f32]) {
+    let xt = &mut xt[..rows_pad * bp];
+    xt.fill(0.0);
+    for b in 0..io.batch {
+        for (c, v) in x[b * io.x_stride..b * io.x_stride + cols].iter().enumerate() {
+            xt[c * bp + b] = *v;
+        }
+    }
+}
+
 /// The geometry of block row `gr` of a `rows × cols` matrix cut into `block` blocks.
 fn block_geometry(block: [usize; 2], rows: usize, cols: usize, gr: usize, io: Io, x_stride: usize) -> BlockGeometry {
     let [r, c] = block;
@@ -152,9 +168,17 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
             batch.checked_mul(round_up(cols, c))
         }
     };
+    let outer = |rows_pad: usize| {
+        if batch >= OUTER_MIN_BATCH {
+            rows_pad.checked_mul(round_up(batch, 16))
+        } else {
+            Some(0)
+        }
+    };
     let n = match path(t, mask) {
+        Path::Dense if mask.is_none() => outer(cols)?,
         Path::Dense | Path::Reference => 0,
-        Path::Blocks { c, .. } => padded_input(c)?,
+        Path::Blocks { c, .. } => padded_input(c)?.checked_add(outer(round_up(cols, c))?)?,
         // The row's sign words (two f32 each), then Σx per input.
         Path::Signed => round_up(2 * words, 16) + batch,
         Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
@@ -218,6 +242,32 @@ pub(crate) fn matvec(
         y_row: io.y_row,
     };
     match path(t, mask) {
+        Path::Dense if mask.is_none() && io.batch >= OUTER_MIN_BATCH => {
+            let n = rows * cols;
+            let bp = round_up(io.batch, lanes(isa));
+            transpose(x, io, cols, cols, bp, work);
+            let xt = work.as_ptr();
+            let yp = y.as_mut_ptr();
+            match t.storage {
+                Storage::F32 => {
+                    let w = t.as_f32().filter(|w| w.len() >= n).ok_or(bad)?;
+                    // SAFETY: `isa` is available; the weights hold rows·cols values, `xt` holds
+                    // cols·bp (work_len sized it), outputs are inside `y` (checked above).
+                    unsafe { on_isa!(isa, dense_outer(w.as_ptr(), geometry, xt, yp)) }
+                }
+                Storage::F16 => {
+                    let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
+                    // SAFETY: as above; `F16` is a transparent u16.
+                    unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<F16>(), geometry, xt, yp)) }
+                }
+                Storage::Bf16 => {
+                    let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
+                    // SAFETY: as above; `Bf16` is a transparent u16.
+                    unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<Bf16>(), geometry, xt, yp)) }
+                }
+                Storage::Seeded(_) => return Err(bad),
+            }
+        }
         Path::Dense => {
             let m = element_mask(mask)?;
             let n = rows * cols;
@@ -527,7 +577,13 @@ fn blocks<E: Elem>(
     let bad = Error::Inconsistent { layer };
     let (grid_rows, grid_cols) = (rows.div_ceil(r), cols.div_ceil(c));
     let area = r * c;
-    let (xp, xs, _) = padded(x, io, cols, c, work);
+    let outer = io.batch >= OUTER_MIN_BATCH;
+    let bp = round_up(io.batch, lanes(isa));
+    let (xp, xs, rest) = padded(x, io, cols, c, work);
+    if outer {
+        transpose(x, io, cols, grid_cols * c, bp, rest);
+    }
+    let xt = rest.as_ptr();
     let kisa = block_isa(isa, c);
     let simd = c.is_multiple_of(lanes(kisa));
     let mask_words = match mask {
@@ -545,7 +601,10 @@ fn blocks<E: Elem>(
                 // the stored count); inputs are padded to grid_cols·C; the block row's outputs
                 // are inside `y`; `kisa` is available.
                 unsafe {
-                    if simd {
+                    if outer {
+                        // `xt` holds grid_cols·C·bp values (work_len sized it).
+                        on_isa!(isa, block_outer(data.as_ptr(), blocks, g, xt, yp))
+                    } else if simd {
                         on_isa!(kisa, block_row(data.as_ptr(), blocks, g, xp.as_ptr(), yp))
                     } else {
                         kernels::block_row_plain(data.as_ptr(), blocks, g, xp.as_ptr(), yp)

@@ -161,7 +161,7 @@ fn pinned_edges_every_kind() {
             }
             for &mask in &masks {
                 for density in [0.0, 1.0, 0.5] {
-                    for batch in [1, 5] {
+                    for batch in [1, 5, 17] {
                         seed += 1;
                         Problem {
                             rows,

@@ -50,6 +50,16 @@ unsafe impl Lanes for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        // SAFETY: AVX is present.
+        unsafe { _mm256_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: `p` is valid for 8 f32.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
         // SAFETY: FMA is present.
         unsafe { _mm256_fmadd_ps(a, b, acc) }

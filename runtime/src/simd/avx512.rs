@@ -39,6 +39,16 @@ unsafe impl Lanes for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        // SAFETY: AVX-512F is present.
+        unsafe { _mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: `p` is valid for 16 f32.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
         // SAFETY: AVX-512F is present.
         unsafe { _mm512_fmadd_ps(a, b, acc) }

@@ -701,3 +701,156 @@ pub(crate) unsafe fn signed_block_row_plain<B: Blocks>(
         }
     }
 }
+
+/// Rows of weights whose outputs the batch-major kernels accumulate in registers at once.
+const OUTER_ROWS: usize = 8;
+
+/// Writes the first `n` lanes of `v` to `y[j · stride]`.
+#[inline(always)]
+unsafe fn store_lanes<L: Lanes>(v: L::V, n: usize, y: *mut f32, stride: usize) {
+    let mut buf = [0f32; 16];
+    // SAFETY: `buf` holds 16 ≥ W lanes; the caller's contract covers `y`.
+    unsafe {
+        L::store(buf.as_mut_ptr(), v);
+        for (j, b) in buf.iter().enumerate().take(n) {
+            *y.add(j * stride) = *b;
+        }
+    }
+}
+
+/// `R` rows times one vector of inputs, batch-major: lane `j` of `acc[r]` is the output of row
+/// `r` for input `b0 + j`. Each weight is broadcast and meets `W` inputs at once, so no lane
+/// sum is needed and the weights stream row by row.
+#[inline(always)]
+unsafe fn outer_tile<L: Lanes, E: Elem, const R: usize>(
+    w: *const E,
+    o: usize,
+    b0: usize,
+    g: &Rows,
+    xt: *const f32,
+    bp: usize,
+    y: *mut f32,
+) {
+    // SAFETY: rows o .. o + R and columns < cols are inside `w`; `xt` holds cols rows of `bp`
+    // values and b0 + W ≤ bp; outputs b0 .. min(b0 + W, batch) are inside `y`.
+    unsafe {
+        let rows: [*const E; R] = core::array::from_fn(|r| w.add((o + r) * g.w_stride));
+        let mut acc = [L::zero(); R];
+        for c in 0..g.cols {
+            let xv = L::load(xt.add(c * bp + b0));
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                *a = L::fma(L::splat((*row.add(c)).to_f32()), xv, *a);
+            }
+        }
+        let n = L::W.min(g.batch - b0);
+        for (r, a) in acc.iter().enumerate() {
+            store_lanes::<L>(*a, n, y.add(b0 * g.y_batch + (o + r) * g.y_row), g.y_batch);
+        }
+    }
+}
+
+/// Dense (unmasked) rows times a batch of inputs given transposed: `xt[c · bp + b]`, `bp` the
+/// batch rounded up to `W` with zero inputs.
+///
+/// # Safety
+/// See the module; `xt` holds `cols · bp` values.
+#[inline(always)]
+pub(crate) unsafe fn dense_outer<L: Lanes, E: Elem>(w: *const E, g: Rows, xt: *const f32, y: *mut f32) {
+    let bp = g.batch.div_ceil(L::W) * L::W;
+    let mut o = 0;
+    while o < g.rows {
+        let mut b0 = 0;
+        while b0 < g.batch {
+            // SAFETY: forwarded contract; tiles stay inside rows < rows.
+            unsafe {
+                if o + OUTER_ROWS <= g.rows {
+                    outer_tile::<L, E, OUTER_ROWS>(w, o, b0, &g, xt, bp, y);
+                } else {
+                    for r in o..g.rows {
+                        outer_tile::<L, E, 1>(w, r, b0, &g, xt, bp, y);
+                    }
+                }
+            }
+            b0 += L::W;
+        }
+        o += OUTER_ROWS;
+    }
+}
+
+/// `R` rows of one block row, batch-major, over every kept block.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_outer_rows<L: Lanes, E: Elem, B: Blocks, const R: usize>(
+    data: *const E,
+    blocks: &B,
+    g: &BlockGeometry,
+    r0: usize,
+    b0: usize,
+    xt: *const f32,
+    bp: usize,
+    y: *mut f32,
+) {
+    let area = g.r * g.c;
+    // SAFETY: rows r0 .. r0 + R < R_block of every kept block are inside its tile; `xt` holds
+    // grid_cols·C rows of `bp` values; outputs are inside `y`.
+    unsafe {
+        let mut acc = [L::zero(); R];
+        for (gc, k) in blocks.clone() {
+            let blk = data.add(k * area + r0 * g.c);
+            let xc = xt.add(gc * g.c * bp + b0);
+            for c in 0..g.c {
+                let xv = L::load(xc.add(c * bp));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = L::fma(L::splat((*blk.add(r * g.c + c)).to_f32()), xv, *a);
+                }
+            }
+        }
+        let n = L::W.min(g.batch - b0);
+        for (r, a) in acc.iter().enumerate() {
+            store_lanes::<L>(*a, n, y.add(b0 * g.y_batch + (r0 + r) * g.y_row), g.y_batch);
+        }
+    }
+}
+
+/// [`block_row`] for a batch given transposed (`xt[c · bp + b]`, `c` up to `grid_cols · C`,
+/// zero past `cols`): each kept block's weights are broadcast against `W` inputs at once, for
+/// any block shape.
+///
+/// # Safety
+/// See the module and [`block_row`], without the width condition; `xt` holds
+/// `grid_cols · C · bp` values.
+#[inline(always)]
+pub(crate) unsafe fn block_outer<L: Lanes, E: Elem, B: Blocks>(
+    data: *const E,
+    blocks: B,
+    g: BlockGeometry,
+    xt: *const f32,
+    y: *mut f32,
+) {
+    let bp = g.batch.div_ceil(L::W) * L::W;
+    let mut b0 = 0;
+    while b0 < g.batch {
+        let mut r0 = 0;
+        while r0 < g.rows_here {
+            let left = g.rows_here - r0;
+            // SAFETY: forwarded contract; each call covers rows below rows_here.
+            unsafe {
+                let step = if left >= 16 {
+                    block_outer_rows::<L, E, B, 16>(data, &blocks, &g, r0, b0, xt, bp, y);
+                    16
+                } else if left >= 8 {
+                    block_outer_rows::<L, E, B, 8>(data, &blocks, &g, r0, b0, xt, bp, y);
+                    8
+                } else if left >= 4 {
+                    block_outer_rows::<L, E, B, 4>(data, &blocks, &g, r0, b0, xt, bp, y);
+                    4
+                } else {
+                    block_outer_rows::<L, E, B, 1>(data, &blocks, &g, r0, b0, xt, bp, y);
+                    1
+                };
+                r0 += step;
+            }
+        }
+        b0 += L::W;
+    }
+}

@@ -34,6 +34,10 @@ pub(crate) unsafe trait Lanes: Copy {
     unsafe fn load_f16(p: *const u16) -> Self::V;
     /// `W` bfloat16 values from `p`, widened.
     unsafe fn load_bf16(p: *const u16) -> Self::V;
+    /// Every lane `v`.
+    unsafe fn splat(v: f32) -> Self::V;
+    /// Writes the `W` lanes to `p`.
+    unsafe fn store(p: *mut f32, v: Self::V);
     /// `a·b + acc`.
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V;
     /// Lanes whose bit in `bits` (low `W` bits) is clear become 0.
@@ -119,6 +123,26 @@ macro_rules! isa_kernels {
         pub(crate) unsafe fn dense_rows<E: Elem>(w: *const E, mask: *const u64, rows: Rows, x: *const f32, y: *mut f32) {
             // SAFETY: forwarded contract.
             unsafe { kernels::dense_rows::<$lanes, E>(w, mask, rows, x, y) }
+        }
+
+        /// See [`kernels::dense_outer`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::dense_outer`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn dense_outer<E: Elem>(w: *const E, g: Rows, xt: *const f32, y: *mut f32) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::dense_outer::<$lanes, E>(w, g, xt, y) }
+        }
+
+        /// See [`kernels::block_outer`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::block_outer`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn block_outer<E: Elem, B: Blocks>(data: *const E, blocks: B, g: BlockGeometry, xt: *const f32, y: *mut f32) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::block_outer::<$lanes, E, B>(data, blocks, g, xt, y) }
         }
 
         /// See [`kernels::signed_rows`].

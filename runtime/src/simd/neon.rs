@@ -54,6 +54,16 @@ unsafe impl Lanes for Neon {
         unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p)))) }
     }
     #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        // SAFETY: NEON is present.
+        unsafe { vdupq_n_f32(v) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: `p` is valid for 4 f32.
+        unsafe { vst1q_f32(p, v) }
+    }
+    #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
         // SAFETY: NEON is present.
         unsafe { vfmaq_f32(acc, a, b) }

@@ -36,6 +36,15 @@ unsafe impl Lanes for Scalar {
         h.map(|b| f32::from_bits((b as u32) << 16))
     }
     #[inline(always)]
+    unsafe fn splat(v: f32) -> Self::V {
+        [v; 8]
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        // SAFETY: `p` is valid for 8 f32 (the trait's contract).
+        unsafe { core::ptr::write_unaligned(p.cast::<[f32; 8]>(), v) }
+    }
+    #[inline(always)]
     unsafe fn fma(a: Self::V, b: Self::V, acc: Self::V) -> Self::V {
         core::array::from_fn(|i| a[i] * b[i] + acc[i])
     }
