@@ -178,7 +178,17 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
     let n = match path(t, mask) {
         Path::Dense if mask.is_none() => outer(cols)?,
         Path::Dense | Path::Reference => 0,
-        Path::Blocks { c, .. } => padded_input(c)?.checked_add(outer(round_up(cols, c))?)?,
+        Path::Blocks { c, .. } => {
+            // Narrow blocks at small batches: each block column's inputs repeated to 16 lanes.
+            let repeated = if batch < OUTER_MIN_BATCH {
+                batch.checked_mul(cols.div_ceil(c))?.checked_mul(16)?
+            } else {
+                0
+            };
+            padded_input(c)?
+                .checked_add(outer(round_up(cols, c))?)?
+                .checked_add(repeated)?
+        }
         // The row's sign words (two f32 each), then Σx per input.
         Path::Signed => round_up(2 * words, 16) + batch,
         Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
@@ -579,12 +589,25 @@ fn blocks<E: Elem>(
     let area = r * c;
     let outer = io.batch >= OUTER_MIN_BATCH;
     let bp = round_up(io.batch, lanes(isa));
+    let kisa = block_isa(isa, c);
+    let narrow = !outer && !c.is_multiple_of(lanes(kisa)) && kernels::narrow_fits(r, c, lanes(isa));
     let (xp, xs, rest) = padded(x, io, cols, c, work);
     if outer {
         transpose(x, io, cols, grid_cols * c, bp, rest);
+    } else if narrow {
+        // Each block column's C inputs, repeated to fill a vector (zeros past `cols`).
+        let w = lanes(isa);
+        let rep = &mut rest[..io.batch * grid_cols * w];
+        for b in 0..io.batch {
+            for gc in 0..grid_cols {
+                for l in 0..w {
+                    let col = gc * c + l % c;
+                    rep[(b * grid_cols + gc) * w + l] = if col < cols { x[b * io.x_stride + col] } else { 0.0 };
+                }
+            }
+        }
     }
     let xt = rest.as_ptr();
-    let kisa = block_isa(isa, c);
     let simd = c.is_multiple_of(lanes(kisa));
     let mask_words = match mask {
         Some(m) => Some((m.as_words().ok_or(bad.clone())?, m.words_per_row as usize)),
@@ -604,6 +627,9 @@ fn blocks<E: Elem>(
                     if outer {
                         // `xt` holds grid_cols·C·bp values (work_len sized it).
                         on_isa!(isa, block_outer(data.as_ptr(), blocks, g, xt, yp))
+                    } else if narrow {
+                        // `xt` holds the repeated inputs, batch·grid_cols·W values.
+                        on_isa!(isa, narrow_block_row(data.as_ptr(), blocks, g, xt, yp))
                     } else if simd {
                         on_isa!(kisa, block_row(data.as_ptr(), blocks, g, xp.as_ptr(), yp))
                     } else {

@@ -854,3 +854,55 @@ pub(crate) unsafe fn block_outer<L: Lanes, E: Elem, B: Blocks>(
         b0 += L::W;
     }
 }
+
+/// Whether [`narrow_block_row`] handles `r × c` blocks with `w`-lane vectors.
+pub(crate) const fn narrow_fits(r: usize, c: usize, w: usize) -> bool {
+    c < w && w % c == 0 && (r * c) % w == 0 && r * c / w <= 16
+}
+
+/// [`block_row`] for blocks narrower than a vector (4×4 under 8 or 16 lanes): a vector holds
+/// `W / C` whole rows of a tile, and meets the block's `C` inputs repeated `W / C` times
+/// (`xrep`, prepared once per layer: for input `b`, `grid_cols` groups of `W` values). One
+/// load and one multiply-add per vector of a kept tile; the lanes are summed per row once per
+/// block row.
+///
+/// # Safety
+/// See the module and [`block_row`]; [`narrow_fits`] holds; `xrep` holds
+/// `batch · grid_cols · W` values.
+#[inline(always)]
+pub(crate) unsafe fn narrow_block_row<L: Lanes, E: Elem, B: Blocks>(
+    data: *const E,
+    blocks: B,
+    g: BlockGeometry,
+    xrep: *const f32,
+    y: *mut f32,
+) {
+    let area = g.r * g.c;
+    let vectors = area / L::W;
+    let per = L::W / g.c;
+    for b in 0..g.batch {
+        // SAFETY: every kept tile holds `area` elements; `xrep` holds grid_cols·W values per
+        // input; rows below rows_here are inside `y`.
+        unsafe {
+            let xb = xrep.add(b * g.grid_cols * L::W);
+            let mut acc = [L::zero(); 16];
+            for (gc, k) in blocks.clone() {
+                let xv = L::load(xb.add(gc * L::W));
+                let blk = data.add(k * area);
+                for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                    *a = L::fma(E::load::<L>(blk.add(j * L::W)), xv, *a);
+                }
+            }
+            let mut lanes = [0f32; 16];
+            for (j, a) in acc.iter().enumerate().take(vectors) {
+                L::store(lanes.as_mut_ptr(), *a);
+                for rr in 0..per {
+                    let row = j * per + rr;
+                    if row < g.rows_here {
+                        *y.add(b * g.y_batch + row * g.y_row) = lanes[rr * g.c..(rr + 1) * g.c].iter().sum();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -145,6 +145,16 @@ macro_rules! isa_kernels {
             unsafe { kernels::block_outer::<$lanes, E, B>(data, blocks, g, xt, y) }
         }
 
+        /// See [`kernels::narrow_block_row`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::narrow_block_row`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn narrow_block_row<E: Elem, B: Blocks>(data: *const E, blocks: B, g: BlockGeometry, xrep: *const f32, y: *mut f32) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::narrow_block_row::<$lanes, E, B>(data, blocks, g, xrep, y) }
+        }
+
         /// See [`kernels::signed_rows`].
         ///
         /// # Safety
