@@ -857,7 +857,7 @@ pub(crate) unsafe fn block_outer<L: Lanes, E: Elem, B: Blocks>(
 
 /// Whether [`narrow_block_row`] handles `r × c` blocks with `w`-lane vectors.
 pub(crate) const fn narrow_fits(r: usize, c: usize, w: usize) -> bool {
-    c < w && w % c == 0 && (r * c) % w == 0 && r * c / w <= 16
+    c < w && w.is_multiple_of(c) && (r * c).is_multiple_of(w) && r * c / w <= 16
 }
 
 /// [`block_row`] for blocks narrower than a vector (4×4 under 8 or 16 lanes): a vector holds
