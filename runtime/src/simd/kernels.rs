@@ -510,59 +510,83 @@ pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
     x: *const f32,
     y: *mut f32,
 ) {
-    let area = g.r * g.c;
     for b in 0..g.batch {
         // SAFETY: input b is inside `x`.
         let xb = unsafe { x.add(b * g.x_stride) };
         let mut r0 = 0;
         while r0 < g.rows_here {
-            let rn = L::RB.min(g.rows_here - r0);
-            // SAFETY: `L`'s features are present (the module's contract).
-            let mut acc = [unsafe { L::zero() }; 16];
-            // Tiles are scattered (tile-major) or follow each other (packed): either way, ask
-            // for the rows of the tile `PREFETCH_TILES` ahead while this one is multiplied, so
-            // that memory latency overlaps the work of the tiles in between.
-            let bytes = rn * g.c * core::mem::size_of::<E>();
-            let prefetch = |k: usize| {
-                // SAFETY: block `k` is stored in `data`; prefetching never faults.
-                let p = unsafe { data.add(k * area + r0 * g.c).cast::<u8>() };
-                let mut off = 0;
-                while off < bytes {
-                    // SAFETY: as above.
-                    unsafe { L::prefetch(p.wrapping_add(off)) };
-                    off += 64;
+            let left = g.rows_here - r0;
+            // A fixed number of rows per pass keeps the accumulators in registers.
+            // SAFETY: forwarded contract; each pass covers rows below rows_here.
+            r0 += unsafe {
+                if left >= 16 && L::RB >= 16 {
+                    block_rows::<L, E, B, 16>(data, &blocks, &g, r0, xb, y.add(b * g.y_batch))
+                } else if left >= 8 && L::RB >= 8 {
+                    block_rows::<L, E, B, 8>(data, &blocks, &g, r0, xb, y.add(b * g.y_batch))
+                } else if left >= 4 {
+                    block_rows::<L, E, B, 4>(data, &blocks, &g, r0, xb, y.add(b * g.y_batch))
+                } else {
+                    block_rows::<L, E, B, 1>(data, &blocks, &g, r0, xb, y.add(b * g.y_batch))
                 }
             };
-            let mut ahead = blocks.clone();
-            for (_, k) in ahead.by_ref().take(PREFETCH_TILES) {
-                prefetch(k);
-            }
-            for (gc, k) in blocks.clone() {
-                if let Some((_, kn)) = ahead.next() {
-                    prefetch(kn);
-                }
-                // SAFETY: block `k` is stored in `data`; its rows r0..r0+rn are `rn·C`
-                // contiguous elements; input columns gc·C .. gc·C + C are readable.
-                unsafe {
-                    let blk = data.add(k * area + r0 * g.c);
-                    let xc = xb.add(gc * g.c);
-                    let mut cc = 0;
-                    while cc < g.c {
-                        let xv = L::load(xc.add(cc));
-                        for (r, a) in acc.iter_mut().enumerate().take(rn) {
-                            *a = L::fma(E::load::<L>(blk.add(r * g.c + cc)), xv, *a);
-                        }
-                        cc += L::W;
-                    }
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(rn) {
-                // SAFETY: output (b, r0 + r) is inside `y`.
-                unsafe { *y.add(b * g.y_batch + (r0 + r) * g.y_row) = L::sum(*a) };
-            }
-            r0 += rn;
         }
     }
+}
+
+/// Rows `r0 .. r0 + R` of one block row for one input; returns `R`.
+#[inline(always)]
+unsafe fn block_rows<L: Lanes, E: Elem, B: Blocks, const R: usize>(
+    data: *const E,
+    blocks: &B,
+    g: &BlockGeometry,
+    r0: usize,
+    xb: *const f32,
+    y: *mut f32,
+) -> usize {
+    let area = g.r * g.c;
+    // Tiles are scattered (tile-major) or follow each other (packed): either way, ask for the
+    // rows of the tile `PREFETCH_TILES` ahead while this one is multiplied, so that memory
+    // latency overlaps the work of the tiles in between.
+    let bytes = R * g.c * core::mem::size_of::<E>();
+    let prefetch = |k: usize| {
+        // SAFETY: block `k` is stored in `data`; prefetching never faults.
+        let p = unsafe { data.add(k * area + r0 * g.c).cast::<u8>() };
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: as above.
+            unsafe { L::prefetch(p.wrapping_add(off)) };
+            off += 64;
+        }
+    };
+    let mut ahead = blocks.clone();
+    for (_, k) in ahead.by_ref().take(PREFETCH_TILES) {
+        prefetch(k);
+    }
+    // SAFETY: `L`'s features are present; every kept block `k` is stored in `data`, its rows
+    // r0 .. r0 + R are `R·C` contiguous elements; input columns gc·C .. gc·C + C are readable;
+    // outputs r0 .. r0 + R are inside `y`.
+    unsafe {
+        let mut acc = [L::zero(); R];
+        for (gc, k) in blocks.clone() {
+            if let Some((_, kn)) = ahead.next() {
+                prefetch(kn);
+            }
+            let blk = data.add(k * area + r0 * g.c);
+            let xc = xb.add(gc * g.c);
+            let mut cc = 0;
+            while cc < g.c {
+                let xv = L::load(xc.add(cc));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = L::fma(E::load::<L>(blk.add(r * g.c + cc)), xv, *a);
+                }
+                cc += L::W;
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            *y.add((r0 + r) * g.y_row) = L::sum(*a);
+        }
+    }
+    R
 }
 
 /// [`block_row`] for any block width, in plain scalar code.
