@@ -760,10 +760,29 @@ unsafe fn outer_tile<L: Lanes, E: Elem, const R: usize>(
     unsafe {
         let rows: [*const E; R] = core::array::from_fn(|r| w.add((o + r) * g.w_stride));
         let mut acc = [L::zero(); R];
-        for c in 0..g.cols {
-            let xv = L::load(xt.add(c * bp + b0));
-            for (a, row) in acc.iter_mut().zip(&rows) {
-                *a = L::fma(L::splat((*row.add(c)).to_f32()), xv, *a);
+        if core::mem::size_of::<E>() == 4 {
+            for c in 0..g.cols {
+                let xv = L::load(xt.add(c * bp + b0));
+                for (a, row) in acc.iter_mut().zip(&rows) {
+                    *a = L::fma(L::splat((*row.add(c)).to_f32()), xv, *a);
+                }
+            }
+        } else {
+            // Half-precision weights: widen a vector of each row at once (a scalar binary16
+            // conversion per weight costs more than the multiply-add), then broadcast.
+            let mut wide = [[0f32; 16]; R];
+            let mut c0 = 0;
+            while c0 < g.cols {
+                for (w, row) in wide.iter_mut().zip(&rows) {
+                    L::store(w.as_mut_ptr(), load_at::<L, E>(*row, c0, g.cols));
+                }
+                for cc in 0..L::W.min(g.cols - c0) {
+                    let xv = L::load(xt.add((c0 + cc) * bp + b0));
+                    for (a, w) in acc.iter_mut().zip(&wide) {
+                        *a = L::fma(L::splat(w[cc]), xv, *a);
+                    }
+                }
+                c0 += L::W;
             }
         }
         let n = L::W.min(g.batch - b0);
