@@ -176,8 +176,8 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
         }
     };
     let n = match path(t, mask) {
-        Path::Dense if mask.is_none() => outer(cols)?,
-        Path::Dense | Path::Reference => 0,
+        Path::Dense => outer(cols)?,
+        Path::Reference => 0,
         Path::Blocks { c, .. } => {
             // Narrow blocks at small batches: each block column's inputs repeated to 16 lanes.
             let repeated = if batch < OUTER_MIN_BATCH {
@@ -189,6 +189,11 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
                 .checked_add(outer(round_up(cols, c))?)?
                 .checked_add(repeated)?
         }
+        // Batch-major: the inputs transposed, eight rows' sign words (two f32 each), and those
+        // rows written out.
+        Path::Signed if batch >= OUTER_MIN_BATCH => round_up(cols.checked_mul(round_up(batch, 16))?, 16)
+            .checked_add(round_up(2 * words * kernels::OUTER_ROWS, 16))?
+            .checked_add(kernels::OUTER_ROWS.checked_mul(cols)?)?,
         // The row's sign words (two f32 each), then Σx per input.
         Path::Signed => round_up(2 * words, 16) + batch,
         Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
@@ -252,7 +257,8 @@ pub(crate) fn matvec(
         y_row: io.y_row,
     };
     match path(t, mask) {
-        Path::Dense if mask.is_none() && io.batch >= OUTER_MIN_BATCH => {
+        Path::Dense if io.batch >= OUTER_MIN_BATCH => {
+            let m = element_mask(mask)?;
             let n = rows * cols;
             let bp = round_up(io.batch, lanes(isa));
             transpose(x, io, cols, cols, bp, work);
@@ -263,17 +269,17 @@ pub(crate) fn matvec(
                     let w = t.as_f32().filter(|w| w.len() >= n).ok_or(bad)?;
                     // SAFETY: `isa` is available; the weights hold rows·cols values, `xt` holds
                     // cols·bp (work_len sized it), outputs are inside `y` (checked above).
-                    unsafe { on_isa!(isa, dense_outer(w.as_ptr(), geometry, xt, yp)) }
+                    unsafe { on_isa!(isa, dense_outer(w.as_ptr(), m, geometry, xt, yp)) }
                 }
                 Storage::F16 => {
                     let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
                     // SAFETY: as above; `F16` is a transparent u16.
-                    unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<F16>(), geometry, xt, yp)) }
+                    unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<F16>(), m, geometry, xt, yp)) }
                 }
                 Storage::Bf16 => {
                     let w = t.as_u16().filter(|w| w.len() >= n).ok_or(bad)?;
                     // SAFETY: as above; `Bf16` is a transparent u16.
-                    unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<Bf16>(), geometry, xt, yp)) }
+                    unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<Bf16>(), m, geometry, xt, yp)) }
                 }
                 Storage::Seeded(_) => return Err(bad),
             }
@@ -337,6 +343,50 @@ pub(crate) fn matvec(
             }
             Storage::Seeded(_) => return Err(bad),
         },
+        Path::Signed if io.batch >= OUTER_MIN_BATCH => {
+            // Many inputs: write eight rows out at a time and run them batch-major, so that
+            // the signs are made once per row, not once per input.
+            let Storage::Seeded(init) = t.storage else {
+                return Err(bad);
+            };
+            let key = init.key();
+            let m = element_mask(mask)?;
+            let bp = round_up(io.batch, lanes(isa));
+            let (xt, rest) = work.split_at_mut(round_up(cols * bp, 16));
+            transpose(x, io, cols, cols, bp, xt);
+            let (sign_area, rest) = rest.split_at_mut(round_up(2 * words * kernels::OUTER_ROWS, 16));
+            let signs: &mut [u64] = bytemuck::try_cast_slice_mut(&mut sign_area[..2 * words * kernels::OUTER_ROWS])
+                .map_err(|_| bad.clone())?;
+            let panel = rest.get_mut(..kernels::OUTER_ROWS * cols).ok_or(bad.clone())?;
+            let mut o0 = 0;
+            while o0 < rows {
+                let rn = kernels::OUTER_ROWS.min(rows - o0);
+                for (i, s) in signs[..rn * words].iter_mut().enumerate() {
+                    *s = draw(key, (o0 * words + i) as u64);
+                }
+                let mo = if m.is_null() { m } else { m.wrapping_add(o0 * words) };
+                let g = Rows { rows: rn, ..geometry };
+                // SAFETY: `isa` is available; `signs` and the mask rows hold rn·words words,
+                // `panel` rn·cols values, `xt` cols·bp; rows o0 .. o0 + rn of `y` are inside it.
+                unsafe {
+                    on_isa!(
+                        isa,
+                        signed_panel(signs.as_ptr(), mo, rn, cols, init.scale, panel.as_mut_ptr())
+                    );
+                    on_isa!(
+                        isa,
+                        dense_outer(
+                            panel.as_ptr(),
+                            core::ptr::null(),
+                            g,
+                            xt.as_ptr(),
+                            y.as_mut_ptr().add(o0 * io.y_row)
+                        )
+                    );
+                }
+                o0 += rn;
+            }
+        }
         Path::Signed => {
             let Storage::Seeded(init) = t.storage else {
                 return Err(bad);

@@ -727,7 +727,7 @@ pub(crate) unsafe fn signed_block_row_plain<B: Blocks>(
 }
 
 /// Rows of weights whose outputs the batch-major kernels accumulate in registers at once.
-const OUTER_ROWS: usize = 8;
+pub(crate) const OUTER_ROWS: usize = 8;
 
 /// Writes the first `n` lanes of `v` to `y[j · stride]`.
 #[inline(always)]
@@ -746,8 +746,10 @@ unsafe fn store_lanes<L: Lanes>(v: L::V, n: usize, y: *mut f32, stride: usize) {
 /// `r` for input `b0 + j`. Each weight is broadcast and meets `W` inputs at once, so no lane
 /// sum is needed and the weights stream row by row.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn outer_tile<L: Lanes, E: Elem, const R: usize>(
     w: *const E,
+    mask: *const u64,
     o: usize,
     b0: usize,
     g: &Rows,
@@ -760,7 +762,7 @@ unsafe fn outer_tile<L: Lanes, E: Elem, const R: usize>(
     unsafe {
         let rows: [*const E; R] = core::array::from_fn(|r| w.add((o + r) * g.w_stride));
         let mut acc = [L::zero(); R];
-        if core::mem::size_of::<E>() == 4 {
+        if core::mem::size_of::<E>() == 4 && mask.is_null() {
             for c in 0..g.cols {
                 let xv = L::load(xt.add(c * bp + b0));
                 for (a, row) in acc.iter_mut().zip(&rows) {
@@ -768,13 +770,25 @@ unsafe fn outer_tile<L: Lanes, E: Elem, const R: usize>(
                 }
             }
         } else {
-            // Half-precision weights: widen a vector of each row at once (a scalar binary16
-            // conversion per weight costs more than the multiply-add), then broadcast.
+            // Half-precision or masked weights: widen (and mask) a vector of each row at once
+            // (a scalar binary16 conversion per weight costs more than the multiply-add), then
+            // broadcast.
+            let masks: [*const u64; R] = core::array::from_fn(|r| {
+                if mask.is_null() {
+                    mask
+                } else {
+                    mask.add((o + r) * g.mask_stride)
+                }
+            });
             let mut wide = [[0f32; 16]; R];
             let mut c0 = 0;
             while c0 < g.cols {
-                for (w, row) in wide.iter_mut().zip(&rows) {
-                    L::store(w.as_mut_ptr(), load_at::<L, E>(*row, c0, g.cols));
+                for ((w, row), m) in wide.iter_mut().zip(&rows).zip(&masks) {
+                    let mut v = load_at::<L, E>(*row, c0, g.cols);
+                    if !m.is_null() {
+                        v = L::keep(v, mask_bits::<L>(*m, c0));
+                    }
+                    L::store(w.as_mut_ptr(), v);
                 }
                 for cc in 0..L::W.min(g.cols - c0) {
                     let xv = L::load(xt.add((c0 + cc) * bp + b0));
@@ -792,13 +806,19 @@ unsafe fn outer_tile<L: Lanes, E: Elem, const R: usize>(
     }
 }
 
-/// Dense (unmasked) rows times a batch of inputs given transposed: `xt[c · bp + b]`, `bp` the
+/// Rows (masked per element when `mask` is not null) times a batch of inputs given transposed: `xt[c · bp + b]`, `bp` the
 /// batch rounded up to `W` with zero inputs.
 ///
 /// # Safety
 /// See the module; `xt` holds `cols · bp` values.
 #[inline(always)]
-pub(crate) unsafe fn dense_outer<L: Lanes, E: Elem>(w: *const E, g: Rows, xt: *const f32, y: *mut f32) {
+pub(crate) unsafe fn dense_outer<L: Lanes, E: Elem>(
+    w: *const E,
+    mask: *const u64,
+    g: Rows,
+    xt: *const f32,
+    y: *mut f32,
+) {
     let bp = g.batch.div_ceil(L::W) * L::W;
     let mut o = 0;
     while o < g.rows {
@@ -807,10 +827,10 @@ pub(crate) unsafe fn dense_outer<L: Lanes, E: Elem>(w: *const E, g: Rows, xt: *c
             // SAFETY: forwarded contract; tiles stay inside rows < rows.
             unsafe {
                 if o + OUTER_ROWS <= g.rows {
-                    outer_tile::<L, E, OUTER_ROWS>(w, o, b0, &g, xt, bp, y);
+                    outer_tile::<L, E, OUTER_ROWS>(w, mask, o, b0, &g, xt, bp, y);
                 } else {
                     for r in o..g.rows {
-                        outer_tile::<L, E, 1>(w, r, b0, &g, xt, bp, y);
+                        outer_tile::<L, E, 1>(w, mask, r, b0, &g, xt, bp, y);
                     }
                 }
             }
@@ -945,6 +965,52 @@ pub(crate) unsafe fn narrow_block_row<L: Lanes, E: Elem, B: Blocks>(
                         *y.add(b * g.y_batch + row * g.y_row) = lanes[rr * g.c..(rr + 1) * g.c].iter().sum();
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Seeded signed-constant rows written out as f32 (`±scale` where kept, 0 elsewhere), `rows`
+/// rows of `cols` into `out` (stride `cols`), from their sign words and mask words (all kept
+/// when `mask` is null), both `ceil(cols/64)` per row.
+///
+/// # Safety
+/// See the module; `signs` (and `mask`) hold `rows · ceil(cols/64)` words, `out` `rows · cols`.
+#[inline(always)]
+pub(crate) unsafe fn signed_panel<L: Lanes>(
+    signs: *const u64,
+    mask: *const u64,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    out: *mut f32,
+) {
+    let words = cols.div_ceil(64);
+    // SAFETY: the caller's contract; a vector is stored whole only where it fits in the row.
+    unsafe {
+        let (minus, twice) = (L::splat(-scale), L::splat(2.0 * scale));
+        let mut tail = [0f32; 16];
+        for r in 0..rows {
+            let mut c = 0;
+            while c < cols {
+                let w = r * words + c / 64;
+                let s = (*signs.add(w) >> (c % 64)) & low_bits(L::W);
+                let m = if mask.is_null() {
+                    low_bits(L::W)
+                } else {
+                    (*mask.add(w) >> (c % 64)) & low_bits(L::W)
+                };
+                let v = L::keep(L::add_where(minus, twice, s), m);
+                let dst = out.add(r * cols + c);
+                if c + L::W <= cols {
+                    L::store(dst, v);
+                } else {
+                    L::store(tail.as_mut_ptr(), v);
+                    for (j, t) in tail.iter().enumerate().take(cols - c) {
+                        *dst.add(j) = *t;
+                    }
+                }
+                c += L::W;
             }
         }
     }

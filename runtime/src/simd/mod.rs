@@ -130,9 +130,19 @@ macro_rules! isa_kernels {
         /// # Safety
         /// The CPU has the features; the caller upholds [`kernels::dense_outer`]'s contract.
         $(#[target_feature(enable = $features)])?
-        pub(crate) unsafe fn dense_outer<E: Elem>(w: *const E, g: Rows, xt: *const f32, y: *mut f32) {
+        pub(crate) unsafe fn dense_outer<E: Elem>(w: *const E, mask: *const u64, g: Rows, xt: *const f32, y: *mut f32) {
             // SAFETY: forwarded contract.
-            unsafe { kernels::dense_outer::<$lanes, E>(w, g, xt, y) }
+            unsafe { kernels::dense_outer::<$lanes, E>(w, mask, g, xt, y) }
+        }
+
+        /// See [`kernels::signed_panel`].
+        ///
+        /// # Safety
+        /// The CPU has the features; the caller upholds [`kernels::signed_panel`]'s contract.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn signed_panel(signs: *const u64, mask: *const u64, rows: usize, cols: usize, scale: f32, out: *mut f32) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::signed_panel::<$lanes>(signs, mask, rows, cols, scale, out) }
         }
 
         /// See [`kernels::block_outer`].
