@@ -10,6 +10,7 @@ use std::path::Path;
 use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
 use smk_format::{Input, Op, Window2d};
 
+use crate::compact;
 use crate::error::{Error, Result};
 use crate::mask::Binarize;
 use crate::model::{MaskedLayer, Net, Node};
@@ -34,6 +35,25 @@ fn stored(name: String, dims: &[usize], values: Vec<f32>, dtype: WeightsDtype) -
         WeightsDtype::Bf16 => TensorData::Bf16(values.into_iter().map(half::bf16::from_f32).collect()),
     };
     Ok(TensorSpec::new(name, &dims, data)?)
+}
+
+/// A linear layer's weights with only the kept rows and columns (see [`crate::compact`]).
+fn compacted_spec(
+    l: &MaskedLayer,
+    rows: Option<&[usize]>,
+    cols: Option<&[usize]>,
+    dtype: WeightsDtype,
+) -> Result<TensorSpec> {
+    let (r, c) = l.matrix();
+    let w = l
+        .weight_var
+        .as_ref()
+        .map_or(&l.weight, |v| v.as_tensor())
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let values = compact::select(&w, c, rows, cols);
+    let dims = [rows.map_or(r, |k| k.len()), cols.map_or(c, |k| k.len())];
+    stored(format!("{}.weight", l.name), &dims, values, dtype)
 }
 
 fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
@@ -73,6 +93,13 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
         None,
         0.0,
     )?;
+    let compaction = compact::plan(net, rule)?;
+    let kept = |l: usize| {
+        (
+            compaction.rows.get(&l).map(|v| v.as_slice()),
+            compaction.cols.get(&l).map(|v| v.as_slice()),
+        )
+    };
     let mut smk_layer = Vec::with_capacity(net.nodes.len());
     for (i, node) in net.nodes.iter().enumerate() {
         if let Some(j) = net.inputs[i] {
@@ -90,7 +117,13 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
                     count_include_pad: true,
                 },
             )?,
-            Node::Linear(l) => b.linear(&net.layers[l].name, weight_spec(&net.layers[l], dtype)?, None)?,
+            Node::Linear(l) => {
+                let spec = match kept(l) {
+                    (None, None) => weight_spec(&net.layers[l], dtype)?,
+                    (rows, cols) => compacted_spec(&net.layers[l], rows, cols, dtype)?,
+                };
+                b.linear(&net.layers[l].name, spec, None)?
+            }
             Node::Conv { layer, stride, padding } => {
                 let l = &net.layers[layer];
                 let k = l.dims[2] as u32;
@@ -135,6 +168,10 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
                     .into_iter()
                     .map(|v| v != 0.0)
                     .collect();
+                let bits = match kept(l) {
+                    (None, None) => bits,
+                    (rows, cols) => compact::select(&bits, layer.matrix().1, rows, cols),
+                };
                 let spec = match layer.block {
                     Some(bl) => MaskSpec::block_bools([bl[0] as u16, bl[1] as u16], &bits),
                     None => MaskSpec::element_bools(&bits),
@@ -150,6 +187,18 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
         smk_layer.push(id);
     }
     b.op("softmax", Op::Softmax)?;
+    if !compaction.removed.is_empty() {
+        // Hidden units that could only output 0, or that nothing read, were left out.
+        let removed: serde_json::Map<String, serde_json::Value> = compaction
+            .removed
+            .iter()
+            .map(|(name, n)| (name.clone(), serde_json::Value::from(*n)))
+            .collect();
+        b.metadata(
+            "compaction.removed_units",
+            &serde_json::Value::Object(removed).to_string(),
+        )?;
+    }
 
     let config = serde_json::to_string(cfg).map_err(|e| Error::Config(e.to_string()))?;
     b.metadata("config", &config)?;

@@ -8,6 +8,7 @@
 //! - [`train`]: fit, eval, checkpoints and resume; [`export`]: .smk export; [`sweep`]: accuracy
 //!   against density, as a table and a plot.
 
+pub mod compact;
 pub mod config;
 pub mod data;
 pub mod error;
