@@ -92,6 +92,7 @@ fn train(dir: &Path, data: &Path, model: &str, method: MethodKind, weights: Weig
             resume: false,
             quiet: true,
             stop_after: None,
+            profile: false,
         },
     )
     .unwrap();

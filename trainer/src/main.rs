@@ -158,6 +158,10 @@ struct FitArgs {
     /// No progress output.
     #[arg(short, long)]
     quiet: bool,
+    /// After each epoch, print where its time went: data, forward, backward, optimizer step,
+    /// masks, host reads, evaluation, checkpoint.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// `1 − sparsity`, rounded to 12 decimals so that `--sparsity 0.8` records `keep = 0.2`.
@@ -323,6 +327,7 @@ fn run() -> Result<()> {
                 resume: a.resume,
                 quiet: a.quiet,
                 stop_after: None,
+                profile: a.profile,
             };
             let m = train::fit(&a.out, cfg, opts)?;
             if let Some(last) = m.last() {

@@ -41,6 +41,7 @@ fn run_once(dir: &Path, cfg: FitConfig, quiet: bool) -> Result<SweepRow> {
                 resume,
                 quiet,
                 stop_after: None,
+                profile: false,
             },
         )?;
     }

@@ -316,6 +316,41 @@ pub struct FitOptions {
     pub quiet: bool,
     /// Stop after this many epochs of this call (for tests of resume).
     pub stop_after: Option<usize>,
+    /// Print where each epoch's time went.
+    pub profile: bool,
+}
+
+/// Seconds an epoch spent in each phase (`trainer fit --profile`). On the CPU every candle op
+/// finishes before it returns, so wall-clock time per phase is exact.
+#[derive(Clone, Copy, Debug, Default)]
+struct Profile {
+    data: f64,
+    forward: f64,
+    backward: f64,
+    step: f64,
+    host: f64,
+    eval: f64,
+    checkpoint: f64,
+}
+
+impl Profile {
+    fn report(&self, epoch: usize, total: f64) -> String {
+        let parts = [
+            ("data", self.data),
+            ("forward (with masks)", self.forward),
+            ("backward", self.backward),
+            ("optimizer step", self.step),
+            ("host reads (loss, accuracy)", self.host),
+            ("evaluation", self.eval),
+            ("checkpoint", self.checkpoint),
+        ];
+        let other = total - parts.iter().map(|p| p.1).sum::<f64>();
+        let mut s = format!("profile epoch {epoch}: {total:.3} s");
+        for (name, t) in parts.into_iter().chain([("other", other)]) {
+            s += &format!("\n  {name:<28} {t:>8.3} s  {:>5.1}%", 100.0 * t / total.max(1e-9));
+        }
+        s
+    }
 }
 
 /// Trains a run in `dir` (or continues it), returning every epoch's metrics.
@@ -418,9 +453,17 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
         let order = Rng::new(cfg.seed, stream::SHUFFLE + epoch as u64).permutation(n);
         let bar = progress_bar(steps_per_epoch as u64, epoch, cfg.epochs, opts.quiet);
         let (mut loss_sum, mut correct) = (0.0, 0usize);
+        let mut prof = Profile::default();
+        let mut clock = Instant::now();
+        let mut lap = |slot: &mut f64| {
+            let now = Instant::now();
+            *slot += (now - clock).as_secs_f64();
+            clock = now;
+        };
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let rule = rule_at(&cfg, epoch, b as f64 / steps_per_epoch as f64);
             let (x, y) = batch(&train, chunk, &device)?;
+            lap(&mut prof.data);
             let logits = net.forward(&x, rule, true)?;
             let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             if let Some((t, teacher_rule)) = &mut teacher {
@@ -430,8 +473,11 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
             if cfg.method == MethodKind::MovementSoft && cfg.lambda != 0.0 {
                 loss = (loss + (soft_penalty(&net)? * cfg.lambda)?)?;
             }
+            lap(&mut prof.forward);
             let grads = loss.backward()?;
+            lap(&mut prof.backward);
             opt.step(&grads, lr)?;
+            lap(&mut prof.step);
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 return Err(Error::Config(format!(
@@ -447,11 +493,13 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
                 "loss {:.4}",
                 loss_sum / ((b + 1) * cfg.batch_size).min(n) as f64
             ));
+            lap(&mut prof.host);
         }
         bar.finish_and_clear();
         let rule = rule_at(&cfg, epoch + 1, 0.0);
         let eval = evaluate(&mut net, &test, rule, &device)?;
         let (density, overall_density) = densities(&net, rule)?;
+        lap(&mut prof.eval);
         let m = EpochMetrics {
             schema: SCHEMA,
             epoch: epoch + 1,
@@ -483,6 +531,10 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
         tensors.extend(opt.state_tensors()?);
         tensors.insert("state.epoch".into(), Tensor::new(&[(epoch + 1) as u32], &device)?);
         atomic_save(&tensors, &ckpt_path)?;
+        lap(&mut prof.checkpoint);
+        if opts.profile {
+            eprintln!("{}", prof.report(epoch + 1, t0.elapsed().as_secs_f64()));
+        }
         if !opts.quiet {
             eprintln!(
                 "epoch {:>3}/{}  loss {:.4}  train {:.2}%  test {:.2}%  kept {:.3}  {:.1}s",

@@ -34,9 +34,15 @@ fn fit_eval_export_from_the_command_line() {
         "--out",
         run,
         "-q",
+        "--profile",
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("weights kept 0.200"), "{out}");
+    // --profile accounts for the epoch phase by phase.
+    assert!(
+        err.contains("profile epoch 1:") && err.contains("backward") && err.contains("optimizer step"),
+        "{err}"
+    );
     let cfg = std::fs::read_to_string(tmp.path().join("run/config.toml")).unwrap();
     assert!(
         cfg.contains("keep = 0.2") && cfg.contains("method = \"edge-popup\""),

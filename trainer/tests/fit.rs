@@ -22,6 +22,7 @@ const QUIET: FitOptions = FitOptions {
     resume: false,
     quiet: true,
     stop_after: None,
+    profile: false,
 };
 
 #[test]
@@ -89,6 +90,7 @@ fn resume_continues_exactly() {
             config(&data, method, 3),
             FitOptions {
                 stop_after: Some(1),
+                profile: false,
                 ..QUIET
             },
         )
@@ -261,6 +263,7 @@ fn interrupted_writes_are_survived() {
         cfg.clone(),
         FitOptions {
             stop_after: Some(1),
+            profile: false,
             ..QUIET
         },
     )
