@@ -251,21 +251,7 @@ impl Mapped {
     }
 }
 
-/// Bytes of weights and masks one inference reads (kept blocks of tile-major weights only;
-/// nothing for seeded weights but their masks).
+/// Bytes of weights and masks one inference reads (see `Plan::bytes_read`).
 pub fn bytes_read(model: &Model<'_>) -> u64 {
-    let set = (model.mask_set_count() > 0).then_some(0);
-    model
-        .tensors()
-        .map(|t| {
-            let mask = set.and_then(|s| model.mask(s, t.index));
-            let stored = t.data.len() as u64;
-            let weights = match (t.storage, t.layout, mask) {
-                (smk_format::Storage::Seeded(_), _, _) => 0,
-                (_, smk_format::Layout::TileMajor { .. }, Some(m)) => (stored as f64 * m.density()) as u64,
-                _ => stored,
-            };
-            weights + mask.map_or(0, |m| m.data.len() as u64)
-        })
-        .sum()
+    smk_runtime::Plan::new(model, 1, None).map_or(0, |p| p.bytes_read())
 }

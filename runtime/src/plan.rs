@@ -160,6 +160,25 @@ impl<'a> Plan<'a> {
         (self.slots * self.slot_len + self.work_len) * 4 + 64
     }
 
+    /// Bytes of weights and masks one call reads: stored weights (of kept tiles only, for
+    /// tile-major weights under a block mask) and mask words; seeded weights read nothing but
+    /// their masks. What memory bandwidth figures divide by.
+    pub fn bytes_read(&self) -> u64 {
+        self.model
+            .tensors()
+            .map(|t| {
+                let mask = self.mask(t.index);
+                let stored = t.data.len() as u64;
+                let weights = match (t.storage, t.layout, mask) {
+                    (smk_format::Storage::Seeded(_), _, _) => 0,
+                    (_, smk_format::Layout::TileMajor { .. }, Some(m)) => (stored as f64 * m.density()) as u64,
+                    _ => stored,
+                };
+                weights + mask.map_or(0, |m| m.data.len() as u64)
+            })
+            .sum()
+    }
+
     /// What kernel runs layer `layer` (for `inspect` and benchmarks), e.g. `block 16x16`.
     pub fn kernel(&self, layer: u32) -> &'static str {
         let Some(l) = self.model.layer(layer) else {

@@ -173,3 +173,18 @@ fn damaged_files_never_panic() {
     // Most single-byte changes land in payloads (weights, masks), which parse and run.
     assert!(parsed > 1000 && ran > 1000, "parsed {parsed}, ran {ran}");
 }
+
+/// What a call reads: every stored byte of a packed or element-masked model, plus its masks.
+#[test]
+fn bytes_read_counts_stored_weights_and_masks() {
+    let bytes = small_packed();
+    let model = Model::parse(&bytes).unwrap();
+    let plan = Plan::new(&model, 1, None).unwrap();
+    let weights: u64 = model.tensors().map(|t| t.data.len() as u64).sum();
+    let masks: u64 = (0..model.tensor_count())
+        .filter_map(|t| model.mask(0, t))
+        .map(|m| m.data.len() as u64)
+        .sum();
+    assert!(weights > 0 && masks > 0);
+    assert_eq!(plan.bytes_read(), weights + masks);
+}

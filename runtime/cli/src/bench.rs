@@ -5,7 +5,7 @@ use clap::Args;
 use serde_json::json;
 use smk_format::seeded::{draw, SeededInit};
 use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
-use smk_format::{InitRule, Layout, Model, Storage};
+use smk_format::{InitRule, Model};
 use smk_runtime::{Isa, Plan, Runner};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -204,23 +204,6 @@ fn build(spec: &Spec, dense: bool) -> Result<Vec<u8>, String> {
     b.to_bytes().map_err(|e| e.to_string())
 }
 
-/// Bytes of weights and masks one inference reads: stored weights of kept blocks (or all),
-/// mask words; seeded weights read nothing but their mask.
-pub fn bytes_read(model: &Model<'_>, task: Option<u32>) -> u64 {
-    let mut total = 0u64;
-    for t in model.tensors() {
-        let mask = task.and_then(|s| model.mask(s, t.index));
-        let stored = t.data.len() as u64;
-        let weights = match (t.storage, t.layout, mask) {
-            (Storage::Seeded(_), _, _) => 0,
-            (_, Layout::TileMajor { .. }, Some(m)) => (stored as f64 * m.density()) as u64,
-            _ => stored,
-        };
-        total += weights + mask.map_or(0, |m| m.data.len() as u64);
-    }
-    total
-}
-
 /// The last-level cache's size in bytes, where the OS says.
 fn llc_bytes() -> Option<u64> {
     let mut best = None;
@@ -342,7 +325,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         plan = plan.with_isa(isa).map_err(|e| e.to_string())?;
     }
     let used_isa: Isa = plan.isa();
-    let read = bytes_read(&model, plan.task());
+    let read = plan.bytes_read();
     let mut run = Runner::try_new(plan).map_err(|e| format!("{name}: {e}"))?;
     let llc = llc_bytes();
     let mut dense_part = None;
@@ -362,7 +345,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
             let dplan = Plan::new(&dense, a.batch, None)
                 .and_then(|p| p.with_isa(used_isa))
                 .map_err(|e| e.to_string())?;
-            let dense_read = bytes_read(&dense, None);
+            let dense_read = dplan.bytes_read();
             let mut drun = Runner::try_new(dplan).map_err(|e| e.to_string())?;
             // The streaming read covers as many bytes as the dense weights (at least 256 MB,
             // so that it measures memory, not cache).
