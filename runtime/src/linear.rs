@@ -641,7 +641,12 @@ fn blocks<E: Elem>(
     let bp = round_up(io.batch, lanes(isa));
     let kisa = block_isa(isa, c);
     let narrow = !outer && !c.is_multiple_of(lanes(kisa)) && kernels::narrow_fits(r, c, lanes(isa));
-    let (xp, xs, rest) = padded(x, io, cols, c, work);
+    // Only the row kernels read the input in place: the other two paths make their own copy.
+    let (xp, xs, rest) = if outer || narrow {
+        (x, io.x_stride, work)
+    } else {
+        padded(x, io, cols, c, work)
+    };
     if outer {
         transpose(x, io, cols, grid_cols * c, bp, rest);
     } else if narrow {

@@ -500,7 +500,7 @@ pub(crate) unsafe fn signed_rows<L: Lanes>(
 /// block stored at `data + k·R·C` meets input columns `gc·C ..`. Only kept blocks are read.
 ///
 /// # Safety
-/// See the module; `C` is a multiple of `L::W` ([`block_fits`]); every `k` is a block stored in
+/// See the module; `C` is a multiple of `L::W`; every `k` is a block stored in
 /// `data`, every `gc < grid_cols`.
 #[inline(always)]
 pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
@@ -630,7 +630,7 @@ pub(crate) unsafe fn block_row_plain<E: Elem, B: Blocks>(
 /// only; `block_sums[b·grid_cols + gc]` is the sum of input `b` over block column `gc`.
 ///
 /// # Safety
-/// See the module; `C` divides 64 and is a multiple of `L::W` ([`signed_block_fits`]).
+/// See the module; `C` divides 64 and is a multiple of `L::W`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn signed_block_row<L: Lanes, B: Blocks>(
