@@ -11,7 +11,7 @@ pub enum Isa {
     Scalar,
     /// x86_64 AVX2 with FMA and F16C.
     Avx2,
-    /// x86_64 AVX-512 (F), with AVX2, FMA and F16C.
+    /// x86_64 AVX-512 (F and DQ), with AVX2, FMA and F16C.
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
@@ -47,7 +47,11 @@ impl Isa {
                     && std::is_x86_feature_detected!("f16c")
             }
             #[cfg(all(target_arch = "x86_64", feature = "std"))]
-            Isa::Avx512 => std::is_x86_feature_detected!("avx512f") && Isa::Avx2.available(),
+            Isa::Avx512 => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && Isa::Avx2.available()
+            }
             #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
             Isa::Avx2 => cfg!(all(
                 target_feature = "avx2",
@@ -57,6 +61,7 @@ impl Isa {
             #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
             Isa::Avx512 => cfg!(all(
                 target_feature = "avx512f",
+                target_feature = "avx512dq",
                 target_feature = "avx2",
                 target_feature = "fma"
             )),

@@ -4,7 +4,6 @@
 use crate::simd::kernels::{self, BlockGeometry, Rows};
 use crate::simd::{self, Bf16, Elem, F16};
 use crate::{Error, Isa};
-use smk_format::seeded::draw;
 use smk_format::{InitRule, Layout, Mask, MaskKind, Storage, Tensor};
 
 /// Calls kernel `$f` of the instruction set `$isa`.
@@ -21,6 +20,10 @@ macro_rules! on_isa {
         }
     };
 }
+
+/// Work per 64 columns of the AVX-512 seeded kernel: subset-sum tables (16 groups of 16
+/// values), then 16 rows' mask words (32 f32).
+const LUT_F32_PER_WORD: usize = 256 + 32;
 
 /// f32 lanes of an instruction set's vectors.
 fn lanes(isa: Isa) -> usize {
@@ -194,8 +197,13 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
         Path::Signed if batch >= OUTER_MIN_BATCH => round_up(cols.checked_mul(round_up(batch, 16))?, 16)
             .checked_add(round_up(2 * words * kernels::OUTER_ROWS, 16))?
             .checked_add(kernels::OUTER_ROWS.checked_mul(cols)?)?,
-        // The row's sign words (two f32 each), then Σx per input.
-        Path::Signed => round_up(2 * words, 16) + batch,
+        // The row's sign words (two f32 each); on x86_64 also the subset-sum tables of the
+        // AVX-512 kernel.
+        Path::Signed => round_up(2 * words, 16).checked_add(if cfg!(target_arch = "x86_64") {
+            words.checked_mul(LUT_F32_PER_WORD)?
+        } else {
+            0
+        })?,
         Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
         Path::Generated => cols,
     };
@@ -361,9 +369,13 @@ pub(crate) fn matvec(
             let mut o0 = 0;
             while o0 < rows {
                 let rn = kernels::OUTER_ROWS.min(rows - o0);
-                for (i, s) in signs[..rn * words].iter_mut().enumerate() {
-                    *s = draw(key, (o0 * words + i) as u64);
-                }
+                // SAFETY: `isa` is available and `signs` holds at least rn·words words.
+                unsafe {
+                    on_isa!(
+                        isa,
+                        fill_draws(key, (o0 * words) as u64, 1, signs.as_mut_ptr(), rn * words)
+                    )
+                };
                 let mo = if m.is_null() { m } else { m.wrapping_add(o0 * words) };
                 let g = Rows { rows: rn, ..geometry };
                 // SAFETY: `isa` is available; `signs` and the mask rows hold rn·words words,
@@ -393,36 +405,54 @@ pub(crate) fn matvec(
             };
             let key = init.key();
             let m = element_mask(mask)?;
-            let sign_f32 = round_up(2 * words, 16);
-            let (sign_area, rest) = work.split_at_mut(sign_f32);
+            let (sign_area, rest) = work.split_at_mut(round_up(2 * words, 16));
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                let (tables, rest) = rest.split_at_mut_checked(words * 256).ok_or(bad.clone())?;
+                let mask_t: &mut [u32] = bytemuck::cast_slice_mut(rest.get_mut(..32 * words).ok_or(bad.clone())?);
+                for b in 0..io.batch {
+                    let xb = &x[b * io.x_stride..b * io.x_stride + cols];
+                    // SAFETY: AVX-512 is available (the plan checked `isa`); `tables` holds
+                    // words·256 values, `mask_t` 32·words halves, `xb` cols; the mask (when present) holds rows·words
+                    // words, and every output row of input b is inside `y` (checked above).
+                    unsafe {
+                        simd::avx512::subset_sums(xb.as_ptr(), cols, words, tables.as_mut_ptr());
+                        simd::avx512::signed_rows_lut(
+                            key,
+                            rows,
+                            words,
+                            m,
+                            words,
+                            mask_t.as_mut_ptr(),
+                            tables.as_ptr(),
+                            xb.iter().sum(),
+                            init.scale,
+                            y.as_mut_ptr().add(b * io.y_batch),
+                            io.y_row,
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            let _ = rest;
             let signs: &mut [u64] =
                 bytemuck::try_cast_slice_mut(&mut sign_area[..2 * words]).map_err(|_| bad.clone())?;
-            let totals = &mut rest[..io.batch];
-            for (b, t) in totals.iter_mut().enumerate() {
-                *t = x[b * io.x_stride..b * io.x_stride + cols].iter().sum();
-            }
-            for o in 0..rows {
-                for (i, s) in signs.iter_mut().enumerate() {
-                    *s = draw(key, (o * words + i) as u64);
-                }
-                let g = Rows { rows: 1, ..geometry };
-                let mo = if m.is_null() { m } else { m.wrapping_add(o * words) };
-                // SAFETY: as for the dense path; `signs` holds one row of words, `totals` one
-                // value per input, and output row `o` is inside `y`.
-                unsafe {
-                    on_isa!(
-                        isa,
-                        signed_rows(
-                            signs.as_ptr(),
-                            mo,
-                            g,
-                            x.as_ptr(),
-                            totals.as_ptr(),
-                            init.scale,
-                            y.as_mut_ptr().add(o * io.y_row)
-                        )
+            // SAFETY: as for the dense path; `signs` holds one row of words, the mask (when
+            // present) every row's, and `y` every row's outputs.
+            unsafe {
+                on_isa!(
+                    isa,
+                    signed_rows(
+                        key,
+                        0,
+                        signs.as_mut_ptr(),
+                        m,
+                        geometry,
+                        x.as_ptr(),
+                        init.scale,
+                        y.as_mut_ptr()
                     )
-                }
+                )
             }
         }
         Path::SignedBlocks { r, c } => {

@@ -18,6 +18,49 @@ unsafe fn lane_mask(bits: u64) -> __m256 {
     }
 }
 
+/// The sign bit set in the lanes whose bit in the low 8 bits of `bits` is set: each lane
+/// shifts its own bit up to bit 31.
+#[inline(always)]
+unsafe fn sign_bits(bits: u64) -> __m256 {
+    // SAFETY: AVX2 is present (the trait's contract).
+    unsafe {
+        let up = _mm256_sllv_epi32(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24),
+        );
+        _mm256_castsi256_ps(_mm256_and_si256(up, _mm256_set1_epi32(i32::MIN)))
+    }
+}
+
+/// `a · c` modulo 2^64 in each of four lanes, from 32-bit products (AVX2 has no 64-bit
+/// multiply): `lo(a)·lo(c) + ((hi(a)·lo(c) + lo(a)·hi(c)) << 32)`.
+#[inline(always)]
+unsafe fn mul64(a: __m256i, c: u64) -> __m256i {
+    // SAFETY: AVX2 is present (the trait's contract).
+    unsafe {
+        let (lo, hi) = (
+            _mm256_set1_epi64x((c & 0xFFFF_FFFF) as i64),
+            _mm256_set1_epi64x((c >> 32) as i64),
+        );
+        let cross = _mm256_add_epi64(
+            _mm256_mul_epu32(_mm256_srli_epi64::<32>(a), lo),
+            _mm256_mul_epu32(a, hi),
+        );
+        _mm256_add_epi64(_mm256_mul_epu32(a, lo), _mm256_slli_epi64::<32>(cross))
+    }
+}
+
+/// SplitMix64's output function ([`smk_format::seeded::mix64`]) on four lanes.
+#[inline(always)]
+unsafe fn mix64(z: __m256i) -> __m256i {
+    // SAFETY: AVX2 is present (the trait's contract).
+    unsafe {
+        let z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64::<30>(z)), 0xBF58_476D_1CE4_E5B9);
+        let z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64::<27>(z)), 0x94D0_49BB_1331_11EB);
+        _mm256_xor_si256(z, _mm256_srli_epi64::<31>(z))
+    }
+}
+
 // SAFETY: every method uses AVX2, FMA or F16C only, which the plan's `Isa::Avx2` (or better)
 // guarantees; loads are unaligned and read exactly 8 elements.
 unsafe impl Lanes for Avx2 {
@@ -73,6 +116,37 @@ unsafe impl Lanes for Avx2 {
     unsafe fn add_where(acc: Self::V, x: Self::V, bits: u64) -> Self::V {
         // SAFETY: AVX2 is present.
         unsafe { _mm256_add_ps(acc, _mm256_and_ps(x, lane_mask(bits))) }
+    }
+    #[inline(always)]
+    unsafe fn add_signed(acc: Self::V, x: Self::V, neg: u64, keep: u64) -> Self::V {
+        // SAFETY: AVX2 is present.
+        unsafe { _mm256_add_ps(acc, _mm256_and_ps(_mm256_xor_ps(x, sign_bits(neg)), lane_mask(keep))) }
+    }
+    #[inline(always)]
+    unsafe fn fill_draws(key: u64, first: u64, stride: u64, out: *mut u64, n: usize) {
+        use smk_format::seeded::GOLDEN;
+        let step = GOLDEN.wrapping_mul(stride);
+        let z0 = key.wrapping_add(GOLDEN.wrapping_mul(first.wrapping_add(1)));
+        let at = |i: u64| z0.wrapping_add(step.wrapping_mul(i)) as i64;
+        // SAFETY: AVX2 is present; whole vectors are stored only where `n` allows, the rest
+        // goes through a local buffer.
+        unsafe {
+            let mut z = _mm256_setr_epi64x(at(0), at(1), at(2), at(3));
+            let inc = _mm256_set1_epi64x(step.wrapping_mul(4) as i64);
+            let mut i = 0;
+            while i + 4 <= n {
+                _mm256_storeu_si256(out.add(i).cast(), mix64(z));
+                z = _mm256_add_epi64(z, inc);
+                i += 4;
+            }
+            if i < n {
+                let mut tail = [0u64; 4];
+                _mm256_storeu_si256(tail.as_mut_ptr().cast(), mix64(z));
+                for (j, t) in tail.iter().enumerate().take(n - i) {
+                    *out.add(i + j) = *t;
+                }
+            }
+        }
     }
     #[inline(always)]
     unsafe fn sum(v: Self::V) -> f32 {

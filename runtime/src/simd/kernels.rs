@@ -411,36 +411,39 @@ pub(crate) unsafe fn dense_rows<L: Lanes, E: Elem>(w: *const E, mask: *const u64
     }
 }
 
-/// Seeded signed-constant rows: with `s` the sign bits at `signs` (1 = `+scale`) and `m` the
-/// mask (all ones when null), `y[b, o] = scale · (2 · Σ_{m∧s} x − Σ_m x)`: additions only.
-/// `totals[b]` is `Σ_c x[b, c]`, used when there is no mask.
+/// Seeded signed-constant rows `row0 ..` (`g.rows` of them): with `s` the row's sign bits
+/// (1 = `+scale`) and `m` its mask (all ones when null), `y[b, o] = scale · Σ_m ±x`: one add per
+/// vector, the sign applied by an integer xor. Each row's signs are drawn into `signs` first,
+/// eight or four at a time where the instruction set can.
 ///
 /// # Safety
-/// See [`dense_rows`]; `signs` holds `rows` rows of `ceil(cols/64)` words at `mask_stride`, and
-/// `totals` `batch` values when `mask` is null.
+/// See [`dense_rows`]; `signs` is valid for `ceil(cols/64)` writes and `mask` (when not null)
+/// points at row `row0`'s words.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn signed_rows<L: Lanes>(
-    signs: *const u64,
+    key: u64,
+    row0: usize,
+    signs: *mut u64,
     mask: *const u64,
     g: Rows,
     x: *const f32,
-    totals: *const f32,
     scale: f32,
     y: *mut f32,
 ) {
     let words = g.cols.div_ceil(64);
     let masked = !mask.is_null();
     for o in 0..g.rows {
+        // SAFETY: `signs` holds one row of words (the caller's contract).
+        unsafe { L::fill_draws(key, ((row0 + o) * words) as u64, 1, signs, words) };
         for b in 0..g.batch {
             // SAFETY: rows, words and inputs are inside the caller's buffers; whole words read
             // 64 columns below `cols`, the last partial word goes through `load_at`.
             unsafe {
                 let xb = x.add(b * g.x_stride);
-                // Four accumulators of each kind: one running sum would make every add wait
-                // for the one before.
-                let z = L::zero();
-                let (mut p0, mut p1, mut p2, mut p3) = (z, z, z, z);
-                let (mut t0, mut t1, mut t2, mut t3) = (z, z, z, z);
+                // Eight accumulators: one running sum would make every add wait for the one
+                // before.
+                let mut acc = [L::zero(); 8];
                 for wi in 0..words {
                     let m = if masked {
                         *mask.add(o * g.mask_stride + wi)
@@ -450,47 +453,24 @@ pub(crate) unsafe fn signed_rows<L: Lanes>(
                     if m == 0 {
                         continue;
                     }
-                    let a = *signs.add(o * g.mask_stride + wi) & m;
+                    let neg = !*signs.add(wi);
                     let base = wi * 64;
                     if base + 64 <= g.cols {
-                        // Four vectors at a time (64 columns is 4, 8 or 16 vectors).
-                        let mut q = 0;
-                        while q < 64 {
-                            let bits = |v: u64, k: usize| (v >> (q + k * L::W)) & low_bits(L::W);
-                            let xp = xb.add(base + q);
-                            let (x0, x1, x2, x3) = (
-                                L::load(xp),
-                                L::load(xp.add(L::W)),
-                                L::load(xp.add(2 * L::W)),
-                                L::load(xp.add(3 * L::W)),
-                            );
-                            p0 = L::add_where(p0, x0, bits(a, 0));
-                            p1 = L::add_where(p1, x1, bits(a, 1));
-                            p2 = L::add_where(p2, x2, bits(a, 2));
-                            p3 = L::add_where(p3, x3, bits(a, 3));
-                            if masked {
-                                t0 = L::add_where(t0, x0, bits(m, 0));
-                                t1 = L::add_where(t1, x1, bits(m, 1));
-                                t2 = L::add_where(t2, x2, bits(m, 2));
-                                t3 = L::add_where(t3, x3, bits(m, 3));
-                            }
-                            q += 4 * L::W;
-                        }
+                        L::add_signed_64(&mut acc, xb.add(base), neg, m);
                     } else {
                         let mut q = 0;
                         while base + q < g.cols {
                             let xv = load_at::<L, f32>(xb, base + q, g.cols);
-                            p0 = L::add_where(p0, xv, (a >> q) & low_bits(L::W));
-                            if masked {
-                                t0 = L::add_where(t0, xv, (m >> q) & low_bits(L::W));
-                            }
+                            acc[0] = L::add_signed(acc[0], xv, (neg >> q) & low_bits(L::W), (m >> q) & low_bits(L::W));
                             q += L::W;
                         }
                     }
                 }
-                let sum4 = |a: L::V, b: L::V, c: L::V, d: L::V| (L::sum(a) + L::sum(b)) + (L::sum(c) + L::sum(d));
-                let total = if masked { sum4(t0, t1, t2, t3) } else { *totals.add(b) };
-                *y.add(b * g.y_batch + o * g.y_row) = scale * (2.0 * sum4(p0, p1, p2, p3) - total);
+                let mut total = 0.0;
+                for a in acc {
+                    total += L::sum(a);
+                }
+                *y.add(b * g.y_batch + o * g.y_row) = scale * total;
             }
         }
     }
@@ -643,37 +623,79 @@ pub(crate) unsafe fn signed_block_row<L: Lanes, B: Blocks>(
     scale: f32,
     y: *mut f32,
 ) {
-    let words = g.cols.div_ceil(64) as u64;
-    for r in 0..g.rows_here {
-        let row = row0 + r as u64;
-        for b in 0..g.batch {
-            // SAFETY: `L`'s features are present (the module's contract).
-            let (mut pos, mut tot) = (unsafe { L::zero() }, 0f32);
-            let mut last = (u64::MAX, 0u64);
-            for (gc, _) in blocks.clone() {
-                let c0 = gc * g.c;
-                let wi = (c0 / 64) as u64;
-                if last.0 != wi {
-                    // Blocks narrower than 64 columns share one draw of 64 signs.
-                    last = (wi, draw(key, row * words + wi));
-                }
-                let bits = last.1 >> (c0 % 64);
-                // SAFETY: input columns c0 .. c0 + C are readable (zero past `cols`), and
-                // the block sums hold grid_cols values per input.
-                unsafe {
-                    let xc = x.add(b * g.x_stride + c0);
-                    let mut cc = 0;
-                    while cc < g.c {
-                        pos = L::add_where(pos, L::load(xc.add(cc)), (bits >> cc) & low_bits(L::W));
-                        cc += L::W;
-                    }
-                    tot += *block_sums.add(b * g.grid_cols + gc);
-                }
-            }
-            // SAFETY: output (b, r) is inside `y`.
-            unsafe { *y.add(b * g.y_batch + r * g.y_row) = scale * (2.0 * L::sum(pos) - tot) };
+    let mut r = 0;
+    while r < g.rows_here {
+        let left = g.rows_here - r;
+        let (at, yr) = (row0 + r as u64, y.wrapping_add(r * g.y_row));
+        // SAFETY: rows r .. r + R are inside the block row; the rest is forwarded.
+        unsafe {
+            r += if left >= 16 {
+                signed_block_rows::<L, B, 16>(key, at, blocks.clone(), g, x, block_sums, scale, yr)
+            } else if left >= 8 {
+                signed_block_rows::<L, B, 8>(key, at, blocks.clone(), g, x, block_sums, scale, yr)
+            } else if left >= 4 {
+                signed_block_rows::<L, B, 4>(key, at, blocks.clone(), g, x, block_sums, scale, yr)
+            } else {
+                signed_block_rows::<L, B, 1>(key, at, blocks.clone(), g, x, block_sums, scale, yr)
+            };
         }
     }
+}
+
+/// `R` rows of [`signed_block_row`] from matrix row `row`, their outputs at `y` (row stride
+/// `g.y_row`): each kept block's signs for the `R` rows are drawn together, and each input
+/// vector feeds `R` independent sums. Returns `R`.
+///
+/// # Safety
+/// As for [`signed_block_row`]; `R` rows from `row` are inside the block row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn signed_block_rows<L: Lanes, B: Blocks, const R: usize>(
+    key: u64,
+    row: u64,
+    blocks: B,
+    g: BlockGeometry,
+    x: *const f32,
+    block_sums: *const f32,
+    scale: f32,
+    y: *mut f32,
+) -> usize {
+    let words = g.cols.div_ceil(64) as u64;
+    let mut draws = [0u64; R];
+    for b in 0..g.batch {
+        // SAFETY: `L`'s features are present (the module's contract).
+        let mut pos = [unsafe { L::zero() }; R];
+        let mut tot = 0f32;
+        let mut last = usize::MAX;
+        for (gc, _) in blocks.clone() {
+            let c0 = gc * g.c;
+            // SAFETY: input columns c0 .. c0 + C are readable (zero past `cols`), the block
+            // sums hold grid_cols values per input, and `draws` holds R values.
+            unsafe {
+                if last != c0 / 64 {
+                    // Blocks narrower than 64 columns share one draw of 64 signs per row.
+                    last = c0 / 64;
+                    L::fill_draws(key, row * words + last as u64, words, draws.as_mut_ptr(), R);
+                }
+                let xc = x.add(b * g.x_stride + c0);
+                let mut cc = 0;
+                while cc < g.c {
+                    let xv = L::load(xc.add(cc));
+                    let shift = c0 % 64 + cc;
+                    for (p, d) in pos.iter_mut().zip(draws) {
+                        *p = L::add_where(*p, xv, (d >> shift) & low_bits(L::W));
+                    }
+                    cc += L::W;
+                }
+                tot += *block_sums.add(b * g.grid_cols + gc);
+            }
+        }
+        for (r, p) in pos.into_iter().enumerate() {
+            // SAFETY: output (b, r) is inside `y`.
+            unsafe { *y.add(b * g.y_batch + r * g.y_row) = scale * (2.0 * L::sum(p) - tot) };
+        }
+    }
+    R
 }
 
 /// [`signed_block_row`] for any block width, in plain scalar code.

@@ -44,8 +44,42 @@ pub(crate) unsafe trait Lanes: Copy {
     unsafe fn keep(v: Self::V, bits: u64) -> Self::V;
     /// `acc + x` on the lanes whose bit in `bits` is set; `acc` elsewhere.
     unsafe fn add_where(acc: Self::V, x: Self::V, bits: u64) -> Self::V;
+    /// `acc + x` on the lanes whose bit in `keep` is set, with `x`'s sign flipped on those
+    /// whose bit in `neg` is set too: one add per vector for `±x` sums.
+    unsafe fn add_signed(acc: Self::V, x: Self::V, neg: u64, keep: u64) -> Self::V;
+    /// [`Lanes::add_signed`] over 64 columns from `x` into eight accumulators, with the bits of
+    /// `neg` and `keep` in column order. Which column goes to which accumulator is the
+    /// implementation's choice: only the sum of all eight means anything.
+    ///
+    /// # Safety
+    /// `x` is valid for 64 reads.
+    #[inline(always)]
+    unsafe fn add_signed_64(acc: &mut [Self::V; 8], x: *const f32, neg: u64, keep: u64) {
+        let mut at = 0;
+        while at < 64 {
+            let lane_bits = |v: u64| (v >> at) & (u64::MAX >> (64 - Self::W));
+            let a = &mut acc[(at / Self::W) % 8];
+            // SAFETY: `at + W <= 64` (W divides 64).
+            *a = unsafe { Self::add_signed(*a, Self::load(x.add(at)), lane_bits(neg), lane_bits(keep)) };
+            at += Self::W;
+        }
+    }
     /// The sum of the lanes.
     unsafe fn sum(v: Self::V) -> f32;
+    /// `out[i] = draw(key, first + i·stride)` for `i < n`: the seeded generator
+    /// ([`smk_format::seeded::draw`]), bit for bit, as many draws at a time as the instruction set
+    /// allows. The counters form a progression, so the generator's inputs need additions only.
+    ///
+    /// # Safety
+    /// `out` is valid for `n` writes.
+    #[inline(always)]
+    unsafe fn fill_draws(key: u64, first: u64, stride: u64, out: *mut u64, n: usize) {
+        for i in 0..n {
+            let counter = first.wrapping_add(stride.wrapping_mul(i as u64));
+            // SAFETY: `i < n` (the caller's contract).
+            unsafe { *out.add(i) = smk_format::seeded::draw(key, counter) };
+        }
+    }
     /// Hints that `p` will be read soon.
     #[inline(always)]
     unsafe fn prefetch(_p: *const u8) {}
@@ -165,22 +199,34 @@ macro_rules! isa_kernels {
             unsafe { kernels::narrow_block_row::<$lanes, E, B>(data, blocks, g, xrep, y) }
         }
 
+        /// See [`Lanes::fill_draws`](crate::simd::Lanes::fill_draws).
+        ///
+        /// # Safety
+        /// The CPU has the features; `out` is valid for `n` writes.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn fill_draws(key: u64, first: u64, stride: u64, out: *mut u64, n: usize) {
+            // SAFETY: forwarded contract.
+            unsafe { <$lanes as $crate::simd::Lanes>::fill_draws(key, first, stride, out, n) }
+        }
+
         /// See [`kernels::signed_rows`].
         ///
         /// # Safety
         /// The CPU has the features; the caller upholds [`kernels::signed_rows`]'s contract.
         $(#[target_feature(enable = $features)])?
+        #[allow(clippy::too_many_arguments)]
         pub(crate) unsafe fn signed_rows(
-            signs: *const u64,
+            key: u64,
+            row0: usize,
+            signs: *mut u64,
             mask: *const u64,
             rows: Rows,
             x: *const f32,
-            totals: *const f32,
             scale: f32,
             y: *mut f32,
         ) {
             // SAFETY: forwarded contract.
-            unsafe { kernels::signed_rows::<$lanes>(signs, mask, rows, x, totals, scale, y) }
+            unsafe { kernels::signed_rows::<$lanes>(key, row0, signs, mask, rows, x, scale, y) }
         }
 
         /// See [`kernels::block_row`].
@@ -221,3 +267,48 @@ macro_rules! isa_kernels {
     };
 }
 pub(crate) use isa_kernels;
+
+#[cfg(test)]
+mod tests {
+    use super::Lanes;
+    use crate::Isa;
+    use smk_format::seeded::draw;
+
+    /// Each instruction set's generator against the format's scalar definition, for
+    /// progressions of every length up to 40 (not multiples of the vector width) and strides
+    /// 0, 1 and large.
+    #[test]
+    fn fill_draws_matches_the_format() {
+        let mut state = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            state = draw(state, 7);
+            state
+        };
+        for n in 0..=40 {
+            for stride in [0, 1, 3, 64, 1 << 40] {
+                let (key, first) = (next(), next() >> 8);
+                let want: Vec<u64> = (0..n as u64)
+                    .map(|i| draw(key, first.wrapping_add(stride * i)))
+                    .collect();
+                for isa in Isa::available_all() {
+                    let mut got = vec![0u64; n + 1];
+                    got[n] = 0xDEAD;
+                    // SAFETY: `isa` is available; `got` holds n + 1 values.
+                    unsafe {
+                        match isa {
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx512 => super::avx512::fill_draws(key, first, stride, got.as_mut_ptr(), n),
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2 => super::avx2::fill_draws(key, first, stride, got.as_mut_ptr(), n),
+                            #[cfg(target_arch = "aarch64")]
+                            Isa::Neon => super::neon::fill_draws(key, first, stride, got.as_mut_ptr(), n),
+                            _ => super::scalar::Scalar::fill_draws(key, first, stride, got.as_mut_ptr(), n),
+                        }
+                    }
+                    assert_eq!(&got[..n], &want[..], "{isa}, n {n}, stride {stride}");
+                    assert_eq!(got[n], 0xDEAD, "{isa} wrote past n = {n}");
+                }
+            }
+        }
+    }
+}

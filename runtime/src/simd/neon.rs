@@ -79,6 +79,15 @@ unsafe impl Lanes for Neon {
         unsafe { vaddq_f32(acc, Self::keep(x, bits)) }
     }
     #[inline(always)]
+    unsafe fn add_signed(acc: Self::V, x: Self::V, neg: u64, keep: u64) -> Self::V {
+        // SAFETY: NEON is present.
+        unsafe {
+            let flip = vandq_u32(lane_mask(neg), vdupq_n_u32(0x8000_0000));
+            let v = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(x), flip));
+            vaddq_f32(acc, Self::keep(v, keep))
+        }
+    }
+    #[inline(always)]
     unsafe fn sum(v: Self::V) -> f32 {
         // SAFETY: NEON is present.
         unsafe { vaddvq_f32(v) }

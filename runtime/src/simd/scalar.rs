@@ -57,6 +57,14 @@ unsafe impl Lanes for Scalar {
         core::array::from_fn(|i| if bits >> i & 1 == 1 { acc[i] + x[i] } else { acc[i] })
     }
     #[inline(always)]
+    unsafe fn add_signed(acc: Self::V, x: Self::V, neg: u64, keep: u64) -> Self::V {
+        core::array::from_fn(|i| match (keep >> i & 1, neg >> i & 1) {
+            (0, _) => acc[i],
+            (_, 0) => acc[i] + x[i],
+            _ => acc[i] - x[i],
+        })
+    }
+    #[inline(always)]
     unsafe fn sum(v: Self::V) -> f32 {
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
     }
