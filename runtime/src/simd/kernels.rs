@@ -538,9 +538,18 @@ unsafe fn block_rows<L: Lanes, E: Elem, B: Blocks, const R: usize>(
             off += 64;
         }
     };
+    // Tiles that follow each other in memory (the packed layout) are left to the hardware
+    // prefetcher: asking for them too made the stream slower (17 against 26 GB/s here).
     let mut ahead = blocks.clone();
+    let mut last = usize::MAX;
+    let mut prefetch_scattered = |k: usize| {
+        if k != last.wrapping_add(1) {
+            prefetch(k);
+        }
+        last = k;
+    };
     for (_, k) in ahead.by_ref().take(PREFETCH_TILES) {
-        prefetch(k);
+        prefetch_scattered(k);
     }
     // SAFETY: `L`'s features are present; every kept block `k` is stored in `data`, its rows
     // r0 .. r0 + R are `R·C` contiguous elements; input columns gc·C .. gc·C + C are readable;
@@ -549,7 +558,7 @@ unsafe fn block_rows<L: Lanes, E: Elem, B: Blocks, const R: usize>(
         let mut acc = [L::zero(); R];
         for (gc, k) in blocks.clone() {
             if let Some((_, kn)) = ahead.next() {
-                prefetch(kn);
+                prefetch_scattered(kn);
             }
             let blk = data.add(k * area + r0 * g.c);
             let xc = xb.add(gc * g.c);
