@@ -57,7 +57,7 @@ pub(crate) trait Blocks: Iterator<Item = (usize, usize)> + Clone {}
 impl<T: Iterator<Item = (usize, usize)> + Clone> Blocks for T {}
 
 /// How many kept tiles ahead the block kernel prefetches.
-const PREFETCH_TILES: usize = 4;
+const PREFETCH_TILES: usize = 16;
 
 /// Rows the plain (any block width) kernels accumulate at once.
 const PLAIN_ROWS: usize = 16;

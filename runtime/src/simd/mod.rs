@@ -80,7 +80,9 @@ pub(crate) unsafe trait Lanes: Copy {
             unsafe { *out.add(i) = smk_format::seeded::draw(key, counter) };
         }
     }
-    /// Hints that `p` will be read soon.
+    /// Hints that `p` will be read soon, into the second-level cache: the first level has too
+    /// few outstanding misses to fetch many tiles ahead (into L1, the tile-major kernel ran at
+    /// 7.7 GB/s here; into L2, 13).
     #[inline(always)]
     unsafe fn prefetch(_p: *const u8) {}
 }
