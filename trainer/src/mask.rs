@@ -26,6 +26,10 @@ pub fn kept_count(n: usize, keep: f64) -> usize {
 }
 
 /// The 0/1 top-k mask of `values` (host side: exact, any size, any device).
+///
+/// The k-th largest key is found by selection over a copy of the keys themselves, then one pass
+/// keeps everything above it and the ties at it in index order. Selecting indices by their
+/// keys instead (one indirection per comparison) made this the largest cost of a training step.
 pub fn topk_mask(values: &[f32], keep: f64, abs: bool) -> Vec<f32> {
     let n = values.len();
     let k = kept_count(n, keep);
@@ -33,13 +37,29 @@ pub fn topk_mask(values: &[f32], keep: f64, abs: bool) -> Vec<f32> {
     if k == 0 {
         return out;
     }
-    let key = |i: usize| if abs { values[i].abs() } else { values[i] };
-    let mut idx: Vec<usize> = (0..n).collect();
-    if k < n {
-        idx.select_nth_unstable_by(k - 1, |&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    if k == n {
+        out.fill(1.0);
+        return out;
     }
-    for &i in &idx[..k] {
-        out[i] = 1.0;
+    let key = |v: f32| if abs { v.abs() } else { v };
+    let mut keys: Vec<f32> = values.iter().map(|&v| key(v)).collect();
+    let (_, kth, _) = keys.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let kth = *kth;
+    let mut left = k;
+    for (o, &v) in out.iter_mut().zip(values) {
+        if key(v).total_cmp(&kth).is_gt() {
+            *o = 1.0;
+            left -= 1;
+        }
+    }
+    for (o, &v) in out.iter_mut().zip(values) {
+        if left == 0 {
+            break;
+        }
+        if key(v).total_cmp(&kth).is_eq() {
+            *o = 1.0;
+            left -= 1;
+        }
     }
     out
 }
@@ -124,6 +144,38 @@ mod tests {
         assert_eq!(topk_mask(&[-3.0, 1.0, 2.0], 1.0 / 3.0, true), [1.0, 0.0, 0.0]);
         assert_eq!(kept_count(10, 0.5), 5);
         assert_eq!(kept_count(10, 0.05), 1);
+    }
+
+    /// Against the definition: sort indices by key (descending), ties by index, keep the first k.
+    #[test]
+    fn topk_matches_a_full_sort() {
+        let mut state = 0x9E37_79B9u64;
+        for n in [2usize, 3, 17, 64, 257, 1000] {
+            for &keep in &[0.01, 0.1, 0.37, 0.5, 0.9, 0.999] {
+                for abs in [false, true] {
+                    // Few distinct values, so ties are common; both signs and both zeros.
+                    let values: Vec<f32> = (0..n)
+                        .map(|_| {
+                            state = smk_format::seeded::draw(state, 1);
+                            let v = (state % 9) as f32 - 4.0;
+                            if v == 0.0 && state & 16 == 0 {
+                                -0.0
+                            } else {
+                                v * 0.5
+                            }
+                        })
+                        .collect();
+                    let key = |i: usize| if abs { values[i].abs() } else { values[i] };
+                    let mut idx: Vec<usize> = (0..n).collect();
+                    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+                    let mut want = vec![0f32; n];
+                    for &i in &idx[..kept_count(n, keep)] {
+                        want[i] = 1.0;
+                    }
+                    assert_eq!(topk_mask(&values, keep, abs), want, "n {n} keep {keep} abs {abs}");
+                }
+            }
+        }
     }
 
     #[test]
