@@ -538,12 +538,14 @@ unsafe fn block_rows<L: Lanes, E: Elem, B: Blocks, const R: usize>(
             off += 64;
         }
     };
-    // Tiles that follow each other in memory (the packed layout) are left to the hardware
-    // prefetcher: asking for them too made the stream slower (17 against 26 GB/s here).
+    // Whole tiles that follow each other in memory (the packed layout, read R = all rows at a
+    // time) are one stream, left to the hardware prefetcher: asking for them too made it slower
+    // (17 against 26 GB/s here). Part-tiles (blocks taller than R) are strided: fetched ahead.
     let mut ahead = blocks.clone();
     let mut last = usize::MAX;
+    let whole = R == g.r;
     let mut prefetch_scattered = |k: usize| {
-        if k != last.wrapping_add(1) {
+        if !whole || k != last.wrapping_add(1) {
             prefetch(k);
         }
         last = k;
