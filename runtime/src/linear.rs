@@ -729,6 +729,22 @@ fn blocks<E: Elem>(
                     return Err(bad);
                 }
                 match mask_words {
+                    Some((w, wpr)) if simd && !outer && !narrow && gr + 1 < grid_rows => {
+                        // Scattered tiles: the next block row's first ones are asked for now.
+                        let next = SetBits::new(
+                            w.get((gr + 1) * wpr..(gr + 2) * wpr).ok_or(bad.clone())?,
+                            grid_cols,
+                            (gr + 1) * grid_cols,
+                        );
+                        let bytes = (r.min(16) * c * core::mem::size_of::<E>()).min(area * core::mem::size_of::<E>());
+                        // SAFETY: `kisa` is available; prefetching never faults.
+                        unsafe { on_isa!(kisa, prefetch_tiles(data.as_ptr(), next, area, bytes)) };
+                        run!(SetBits::new(
+                            w.get(gr * wpr..(gr + 1) * wpr).ok_or(bad.clone())?,
+                            grid_cols,
+                            gr * grid_cols
+                        ))
+                    }
                     Some((w, wpr)) => run!(SetBits::new(
                         w.get(gr * wpr..(gr + 1) * wpr).ok_or(bad.clone())?,
                         grid_cols,

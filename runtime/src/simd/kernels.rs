@@ -56,6 +56,9 @@ pub(crate) struct BlockGeometry {
 pub(crate) trait Blocks: Iterator<Item = (usize, usize)> + Clone {}
 impl<T: Iterator<Item = (usize, usize)> + Clone> Blocks for T {}
 
+/// How many of the next block row's kept tiles are asked for a block row ahead.
+const NEXT_ROW_TILES: usize = 64;
+
 /// How many kept tiles ahead the block kernel prefetches.
 const PREFETCH_TILES: usize = 16;
 
@@ -509,6 +512,25 @@ pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
                     block_rows::<L, E, B, 1>(data, &blocks, &g, r0, xb, y.add(b * g.y_batch))
                 }
             };
+        }
+    }
+}
+
+/// Asks for the first [`PREFETCH_TILES`] tiles of `blocks`, `bytes` from the start of each: the
+/// next block row's first tiles, requested a whole block row ahead, where the block kernel's own
+/// prefetch would ask for them only as it starts on that row.
+///
+/// # Safety
+/// `L`'s features are present (prefetching never faults, whatever the address).
+#[inline(always)]
+pub(crate) unsafe fn prefetch_tiles<L: Lanes, E: Elem, B: Blocks>(data: *const E, blocks: B, area: usize, bytes: usize) {
+    for (_, k) in blocks.take(NEXT_ROW_TILES) {
+        let p = data.wrapping_add(k * area).cast::<u8>();
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: the caller's contract.
+            unsafe { L::prefetch(p.wrapping_add(off)) };
+            off += 64;
         }
     }
 }

@@ -231,6 +231,16 @@ macro_rules! isa_kernels {
             unsafe { kernels::signed_rows::<$lanes>(key, row0, signs, mask, rows, x, scale, y) }
         }
 
+        /// See [`kernels::prefetch_tiles`].
+        ///
+        /// # Safety
+        /// The CPU has the features.
+        $(#[target_feature(enable = $features)])?
+        pub(crate) unsafe fn prefetch_tiles<E: Elem, B: Blocks>(data: *const E, blocks: B, area: usize, bytes: usize) {
+            // SAFETY: forwarded contract.
+            unsafe { kernels::prefetch_tiles::<$lanes, E, B>(data, blocks, area, bytes) }
+        }
+
         /// See [`kernels::block_row`].
         ///
         /// # Safety
