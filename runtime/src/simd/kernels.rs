@@ -523,7 +523,12 @@ pub(crate) unsafe fn block_row<L: Lanes, E: Elem, B: Blocks>(
 /// # Safety
 /// `L`'s features are present (prefetching never faults, whatever the address).
 #[inline(always)]
-pub(crate) unsafe fn prefetch_tiles<L: Lanes, E: Elem, B: Blocks>(data: *const E, blocks: B, area: usize, bytes: usize) {
+pub(crate) unsafe fn prefetch_tiles<L: Lanes, E: Elem, B: Blocks>(
+    data: *const E,
+    blocks: B,
+    area: usize,
+    bytes: usize,
+) {
     for (_, k) in blocks.take(NEXT_ROW_TILES) {
         let p = data.wrapping_add(k * area).cast::<u8>();
         let mut off = 0;
