@@ -44,7 +44,17 @@ pub fn device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Ok(Device::new_cuda(ordinal)?)
+    // candle's error carries a backtrace; one line that says what is missing serves better.
+    Device::new_cuda(ordinal).map_err(|e| {
+        let why = e.to_string();
+        let why = why.lines().next().unwrap_or_default();
+        let hint = if why.contains("NO_DEVICE") {
+            "no GPU answers: is the NVIDIA driver loaded, and the stub libcuda of scripts/cuda-toolkit.sh off LD_LIBRARY_PATH?"
+        } else {
+            "the CUDA driver refused it"
+        };
+        Error::Config(format!("cannot open CUDA device {ordinal}: {hint} ({why})"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
