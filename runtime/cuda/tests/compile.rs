@@ -54,25 +54,20 @@ fn ptxas_turns_the_ptx_into_sm_90_code_and_refuses_corrupt_ptx() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("smk.ptx"), tmp.path().join("smk.cubin"));
-    std::fs::write(&src, &ptx).unwrap();
-    let run = Command::new("ptxas")
-        .arg("-arch=sm_90")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let ptxas = |text: &str| {
+        std::fs::write(&src, text).unwrap();
+        Command::new("ptxas")
+            .arg("-arch=sm_90")
+            .arg(&src)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let run = ptxas(&ptx);
     assert!(run.status.success(), "ptxas: {}", String::from_utf8_lossy(&run.stderr));
     assert!(std::fs::metadata(&out).unwrap().len() > 1000);
     // The same PTX with one kernel's body cut short is refused.
     let cut = &ptx[..ptx.rfind(".entry").unwrap() + 40];
-    std::fs::write(&src, cut).unwrap();
-    let run = Command::new("ptxas")
-        .arg("-arch=sm_90")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!run.status.success(), "ptxas accepted truncated PTX");
+    assert!(!ptxas(cut).status.success(), "ptxas accepted truncated PTX");
 }
