@@ -7,11 +7,18 @@
 //! weights) and the bias, ReLU and softmax that follow them. Their conventions match the CPU
 //! runtime's (`runtime/src/linear.rs`); `kernels.cu` states them.
 //!
+//! [`GpuModel`] runs a whole `.smk` model (chains of linear layers with ReLU and softmax, for
+//! now) on one GPU.
+//!
 //! Status: the sources compile to PTX and to sm_90 machine code on the CPU (tests/compile.rs).
-//! The host side that runs a whole `.smk` model on a GPU, and checking these kernels against the
-//! CPU reference, need a GPU and are still owed (issue 6).
+//! Nothing here has run on a GPU yet: `tests/gpu.rs` compares [`GpuModel`] with the CPU runtime
+//! where a GPU answers, and is owed a machine that has one (issue 6).
 
 use std::fmt;
+
+mod model;
+
+pub use model::{GpuError, GpuModel};
 
 /// The CUDA C source of every kernel.
 pub const SOURCE: &str = include_str!("kernels.cu");
