@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU check of issue 6, in two halves:
+#
+#   scripts/gpu-check.sh build   here (no GPU needed): builds the CUDA binaries with the toolkit
+#                                of scripts/cuda-toolkit.sh and puts them, stripped, in gpu-check/
+#                                (about 50 MB; git ignores it, the device tool carries it).
+#   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with no network
+#                                and no Rust toolchain: prints the GPU, trains on CUDA against the
+#                                CPU, runs the runtime's GPU conformance test, and times the GPU
+#                                kernels. About 5 minutes on an H100. Logs go to $OUT (or
+#                                gpu-check/out), a table to the end of the output.
+#
+# With the device tool: run(command="scripts/gpu-check.sh run", carry=["gpu-check"], timeout_s=540).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here="gpu-check"
+
+build() {
+  scripts/cuda-toolkit.sh
+  # shellcheck disable=SC1090
+  source <(scripts/cuda-toolkit.sh --env)
+  export CARGO_TARGET_DIR=target/cuda
+  cargo build --release -p smk-trainer --features cuda
+  cargo build --release -p smk-runtime-cuda --example gpu_bench
+  local tests
+  tests=$(cargo test --release -p smk-runtime-cuda --test gpu --no-run --message-format=json |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])')
+  rm -rf "$here" && mkdir -p "$here/bin"
+  cp target/cuda/release/trainer "$here/bin/trainer"
+  cp target/cuda/release/examples/gpu_bench "$here/bin/gpu_bench"
+  cp "$tests" "$here/bin/gpu_tests"
+  strip "$here"/bin/*
+  du -sh "$here"
+  echo "ready: device run with command=\"scripts/gpu-check.sh run\", carry=[\"$here\"]"
+}
+
+run() {
+  local out="${OUT:-$here/out}"
+  mkdir -p "$out"
+  if ! command -v nvidia-smi >/dev/null; then
+    echo "gpu-check: no nvidia-smi here: this half runs on the GPU machine" >&2
+    exit 1
+  fi
+  for b in trainer gpu_bench gpu_tests; do
+    [[ -x "$here/bin/$b" ]] || { echo "gpu-check: $here/bin/$b is missing: run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
+  done
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.csv"
+
+  # The CUDA libraries (cuBLAS, cuRAND, cudart, NVRTC) that candle and the runtime load: the
+  # driver comes with the machine, the rest from a system CUDA or PyTorch's wheels.
+  local lib=""
+  for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 \
+    $(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null); do
+    if [[ -e "$d/libcublas.so.13" ]]; then lib="$d"; break; fi
+  done
+  if [[ -z "$lib" ]]; then
+    lib=$(dirname "$(timeout 60 find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -n 1)" 2>/dev/null || true)
+  fi
+  [[ -n "$lib" && -e "$lib/libcublas.so.13" ]] || { echo "gpu-check: libcublas.so.13 not found" >&2; exit 1; }
+  export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "CUDA libraries from $lib"
+
+  echo "== runtime: GPU against the CPU runtime =="
+  SMK_REQUIRE_GPU=1 "$here/bin/gpu_tests" --nocapture 2>&1 | tee "$out/gpu_tests.log"
+
+  echo "== trainer: 3 epochs of edge-popup, CPU and CUDA, one seed =="
+  local acc_cpu acc_gpu
+  for dev in cpu cuda; do
+    rm -rf "$out/fit-$dev"
+    /usr/bin/time -f "$dev: %e s" "$here/bin/trainer" fit --device "$dev" --method edge-popup --epochs 3 --seed 1 \
+      --out "$out/fit-$dev" --quiet 2>&1 | tee "$out/fit-$dev.log"
+  done
+  acc_cpu=$(grep -o 'test accuracy [0-9.]*%' "$out/fit-cpu.log" | tail -n 1)
+  acc_gpu=$(grep -o 'test accuracy [0-9.]*%' "$out/fit-cuda.log" | tail -n 1)
+
+  echo "== runtime kernels: 8 × 4096² layers =="
+  "$here/bin/gpu_bench" sm_90 50 | tee "$out/bench.md"
+
+  echo
+  echo "trainer: CPU $acc_cpu, CUDA $acc_gpu"
+  grep -E "agree|test result" "$out/gpu_tests.log" | tail -n 2
+  cat "$out/bench.md"
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) run ;;
+  *) echo "usage: scripts/gpu-check.sh build | run" >&2; exit 2 ;;
+esac
