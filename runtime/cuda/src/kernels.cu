@@ -186,8 +186,13 @@ extern "C" __global__ void smk_signed_blocks(u64 key, float scale, const u64* bm
             bits &= bits - 1ULL;
             if (gc >= grid_cols) break;
             int end = min((gc + 1) * C, cols);
+            u64 s = 0;
+            int drawn = -1;  // the word of signs in `s`: one draw serves 64 columns
             for (int c = gc * C; c < end; ++c) {
-                u64 s = smk_draw(key, (u64)row * words + (c >> 6));
+                if ((c >> 6) != drawn) {
+                    drawn = c >> 6;
+                    s = smk_draw(key, (u64)row * words + drawn);
+                }
                 float v = xb[c];
                 acc += ((s >> (c & 63)) & 1ULL) ? v : -v;
             }

@@ -134,6 +134,26 @@ fn words_of(m: &Mask<'_>) -> Vec<u64> {
         .collect()
 }
 
+/// A block mask spelled out per element: rows of `ceil(cols/64)` words.
+fn per_element(m: &Mask<'_>, (rows, cols): (u64, u64)) -> Vec<u64> {
+    let grid = words_of(m);
+    let (words, [br, bc]) = (cols.div_ceil(64) as usize, [m.block[0] as u64, m.block[1] as u64]);
+    let mut out = vec![0u64; rows as usize * words];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (gr, gc) = (r / br, c / bc);
+            let word = grid
+                .get((gr * m.words_per_row + gc / 64) as usize)
+                .copied()
+                .unwrap_or(0);
+            if word >> (gc % 64) & 1 == 1 {
+                out[r as usize * words + c as usize / 64] |= 1 << (c % 64);
+            }
+        }
+    }
+    out
+}
+
 fn u32s(bytes: &[u8]) -> Vec<u32> {
     bytes
         .chunks_exact(4)
@@ -278,7 +298,12 @@ impl GpuModel {
                 key: init.key(),
                 rule: if init.rule == InitRule::Uniform { 1 } else { 2 },
                 scale: init.scale,
-                mask: element(m)?,
+                mask: match m {
+                    // Each weight is generated on its own anyway: a block mask is spelled out
+                    // per element once, here.
+                    Some(m) if m.kind == MaskKind::Block => Some(stream.clone_htod(&per_element(m, w.matrix()))?),
+                    m => element(m)?,
+                },
                 words,
             },
             (s, Layout::RowMajor, m) => Product::Rows {
