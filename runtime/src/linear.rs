@@ -413,8 +413,9 @@ pub(crate) fn matvec(
                 for b in 0..io.batch {
                     let xb = &x[b * io.x_stride..b * io.x_stride + cols];
                     // SAFETY: AVX-512 is available (the plan checked `isa`); `tables` holds
-                    // words·256 values, `mask_t` 32·words halves, `xb` cols; the mask (when present) holds rows·words
-                    // words, and every output row of input b is inside `y` (checked above).
+                    // words·256 values, `mask_t` 32·words halves, `xb` cols; the mask (when
+                    // present) holds rows·words words, and every output row of input b is
+                    // inside `y` (checked above).
                     unsafe {
                         simd::avx512::subset_sums(xb.as_ptr(), cols, words, tables.as_mut_ptr());
                         simd::avx512::signed_rows_lut(
@@ -434,7 +435,7 @@ pub(crate) fn matvec(
                 }
                 return Ok(());
             }
-            let _ = rest;
+            let _ = rest; // only the AVX-512 kernel above uses the space after the signs
             let signs: &mut [u64] =
                 bytemuck::try_cast_slice_mut(&mut sign_area[..2 * words]).map_err(|_| bad.clone())?;
             // SAFETY: as for the dense path; `signs` holds one row of words, the mask (when
