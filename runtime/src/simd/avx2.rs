@@ -124,9 +124,7 @@ unsafe impl Lanes for Avx2 {
     }
     #[inline(always)]
     unsafe fn fill_draws(key: u64, first: u64, stride: u64, out: *mut u64, n: usize) {
-        use smk_format::seeded::GOLDEN;
-        let step = GOLDEN.wrapping_mul(stride);
-        let z0 = key.wrapping_add(GOLDEN.wrapping_mul(first.wrapping_add(1)));
+        let (z0, step) = super::draw_progression(key, first, stride);
         let at = |i: u64| z0.wrapping_add(step.wrapping_mul(i)) as i64;
         // SAFETY: AVX2 is present; whole vectors are stored only where `n` allows, the rest
         // goes through a local buffer.

@@ -110,9 +110,7 @@ unsafe impl Lanes for Avx512 {
     }
     #[inline(always)]
     unsafe fn fill_draws(key: u64, first: u64, stride: u64, out: *mut u64, n: usize) {
-        use smk_format::seeded::GOLDEN;
-        let step = GOLDEN.wrapping_mul(stride);
-        let z0 = key.wrapping_add(GOLDEN.wrapping_mul(first.wrapping_add(1)));
+        let (z0, step) = super::draw_progression(key, first, stride);
         let at = |i: u64| z0.wrapping_add(step.wrapping_mul(i)) as i64;
         // SAFETY: AVX-512F and DQ are present; the last store writes only the lanes below `n`.
         unsafe {
@@ -314,14 +312,13 @@ unsafe fn lut_rows<const MASKED: bool>(
     y: *mut f32,
     y_row: usize,
 ) {
-    use smk_format::seeded::GOLDEN;
     // SAFETY: AVX-512F and DQ are present (the caller's contract); every pointer access is
     // inside the bounds the contract gives.
     unsafe {
         // Dword indices of the low and high halves of sixteen u64 held in two vectors.
         let low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let high_halves = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let step = GOLDEN.wrapping_mul(words as u64);
+        let (_, step) = super::draw_progression(key, 0, words as u64);
         let offsets = _mm512_mullo_epi64(
             _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
             _mm512_set1_epi64(step as i64),
@@ -345,7 +342,7 @@ unsafe fn lut_rows<const MASKED: bool>(
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128 * wi + 64).cast());
                 }
                 // Signs of rows r0 .. r0 + 16 at word wi: draws r·words + wi, a progression.
-                let z0 = key.wrapping_add(GOLDEN.wrapping_mul(((r0 * words + wi) as u64).wrapping_add(1)));
+                let (z0, _) = super::draw_progression(key, (r0 * words + wi) as u64, 0);
                 let lanes = _mm512_add_epi64(_mm512_set1_epi64(z0 as i64), offsets);
                 let (s_lo, s_hi) = (mix64(lanes), mix64(_mm512_add_epi64(lanes, eight)));
                 for half in 0..2 {

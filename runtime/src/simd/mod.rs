@@ -87,6 +87,18 @@ pub(crate) unsafe trait Lanes: Copy {
     unsafe fn prefetch(_p: *const u8) {}
 }
 
+/// The generator's inputs for the draws at counters `first + i·stride`: `(z0, step)` with
+/// `draw(key, first + i·stride) = mix64(z0 + i·step)` (wrapping), so that vector lanes walk a
+/// progression by additions alone.
+#[inline(always)]
+pub(crate) fn draw_progression(key: u64, first: u64, stride: u64) -> (u64, u64) {
+    use smk_format::seeded::GOLDEN;
+    (
+        key.wrapping_add(GOLDEN.wrapping_mul(first.wrapping_add(1))),
+        GOLDEN.wrapping_mul(stride),
+    )
+}
+
 /// A stored weight element, widened to f32 in registers.
 pub(crate) trait Elem: Copy + Default + 'static {
     /// `W` elements from `p` as f32 lanes.
