@@ -9,7 +9,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+};
 use smk_format::{InitRule, Input, Layout, Mask, MaskKind, Model, Op, Storage, Tensor};
 
 use crate::{compile_ptx, CompileError, SOURCE};
@@ -159,6 +161,14 @@ fn u32s(bytes: &[u8]) -> Vec<u32> {
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
         .collect()
+}
+
+/// Pushes `slice`, or a null device pointer where there is none (the kernels test for null).
+fn optional<'a, T>(l: &mut LaunchArgs<'a>, slice: Option<&'a CudaSlice<T>>, null: &'a u64) {
+    match slice {
+        Some(s) => l.arg(s),
+        None => l.arg(null),
+    };
 }
 
 fn storage_kind(s: &Storage) -> Option<usize> {
@@ -412,10 +422,7 @@ impl GpuModel {
                                 let f = self.function(["smk_rows_f32", "smk_rows_f16", "smk_rows_bf16"][*kind]);
                                 let mut l = s.launch_builder(f);
                                 l.arg(data);
-                                match mask {
-                                    Some(m) => l.arg(m),
-                                    None => l.arg(&null),
-                                };
+                                optional(&mut l, mask.as_ref(), &null);
                                 l.arg(&rows_i).arg(&cols_i).arg(words).arg(&x).arg(&x_stride);
                                 l.arg(&mut y).arg(&y_batch).arg(&y_row).launch(warps)?;
                             }
@@ -434,10 +441,7 @@ impl GpuModel {
                                     Some((rp, ci)) => l.arg(rp).arg(ci),
                                     None => l.arg(&null).arg(&null),
                                 };
-                                match bmask {
-                                    Some(m) => l.arg(m),
-                                    None => l.arg(&null),
-                                };
+                                optional(&mut l, bmask.as_ref(), &null);
                                 l.arg(mask_words)
                                     .arg(&block[0])
                                     .arg(&block[1])
@@ -458,10 +462,7 @@ impl GpuModel {
                             } => {
                                 let mut l = s.launch_builder(self.function("smk_signed_rows"));
                                 l.arg(key).arg(scale);
-                                match mask {
-                                    Some(m) => l.arg(m),
-                                    None => l.arg(&null),
-                                };
+                                optional(&mut l, mask.as_ref(), &null);
                                 l.arg(&rows_i).arg(&cols_i).arg(words).arg(&x).arg(&x_stride);
                                 l.arg(&mut y).arg(&y_batch).arg(&y_row).launch(warps)?;
                             }
@@ -497,10 +498,7 @@ impl GpuModel {
                             } => {
                                 let mut l = s.launch_builder(self.function("smk_generated_rows"));
                                 l.arg(key).arg(rule).arg(scale);
-                                match mask {
-                                    Some(m) => l.arg(m),
-                                    None => l.arg(&null),
-                                };
+                                optional(&mut l, mask.as_ref(), &null);
                                 l.arg(&rows_i).arg(&cols_i).arg(words).arg(&x).arg(&x_stride);
                                 l.arg(&mut y).arg(&y_batch).arg(&y_row).launch(warps)?;
                             }
@@ -509,10 +507,7 @@ impl GpuModel {
                             let (batch_i, relu_i) = (batch as i32, *relu as i32);
                             let mut l = s.launch_builder(self.function("smk_bias_relu"));
                             l.arg(&mut y);
-                            match bias {
-                                Some(b) => l.arg(b),
-                                None => l.arg(&null),
-                            };
+                            optional(&mut l, bias.as_ref(), &null);
                             l.arg(&rows_i).arg(&batch_i).arg(&y_batch).arg(&y_row).arg(&relu_i);
                             l.launch(LaunchConfig::for_num_elems((batch * rows) as u32))?;
                         }
