@@ -1,12 +1,13 @@
 //! Binarising scores into masks, with the straight-through estimator.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// How a layer's scores become its mask.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Binarize {
     /// Keep the `keep` fraction with the largest scores (of `|s|` when `abs`), exactly:
-    /// `n − floor((1 − keep)·n)` entries, ties broken by lower index.
+    /// `n − floor((1 − keep)·n)` entries, ties broken by lower index. Off the CPU every tie at
+    /// the threshold is kept instead (see [`topk_mask_device`]).
     TopK {
         /// Fraction kept.
         keep: f64,
@@ -64,9 +65,61 @@ pub fn topk_mask(values: &[f32], keep: f64, abs: bool) -> Vec<f32> {
     out
 }
 
+/// Bisection steps of [`topk_mask_device`]. Each halves the bracket around the k-th largest key
+/// `t`, which starts as the keys' range `R`. Once it is narrower than the f32 spacing at `t`
+/// (about `|t|·2⁻²³`) the two ends are adjacent floats, the lower one is `t` itself, and further
+/// steps change nothing (the midpoint rounds to an end). 64 steps narrow it to `R·2⁻⁶⁴ ≈ R·5e-20`:
+/// exact whenever `|t| > R·1e-12`, which covers any scores training produces. Short of that
+/// (`t` within `R·1e-12` of zero) the threshold ends at most `R·2⁻⁶⁴` below `t`, and only keys in
+/// that sliver are kept besides. Each step is one pass over the scores, so more would cost time.
+pub const TOPK_BISECTION_STEPS: usize = 64;
+
+/// The top-k mask of `scores` computed on their own device, with tensor ops only: the k-th
+/// largest key (`|s|` when `abs`, else `s`) is found by bisection on a threshold held in 0-d
+/// tensors, so nothing is read back to the host (on CUDA, [`topk_mask`] would copy every
+/// layer's scores to the host and its mask back, every step).
+///
+/// Unlike [`topk_mask`], every key equal to the k-th largest is kept: with ties at the
+/// threshold the mask keeps more than `k` entries (all of them when every key is equal). Keys
+/// without ties give exactly [`topk_mask`]'s mask.
+pub fn topk_mask_device(scores: &Tensor, keep: f64, abs: bool) -> Result<Tensor> {
+    topk_mask_bisect(scores, keep, abs, TOPK_BISECTION_STEPS)
+}
+
+fn topk_mask_bisect(scores: &Tensor, keep: f64, abs: bool, steps: usize) -> Result<Tensor> {
+    let n = scores.elem_count();
+    let k = kept_count(n, keep);
+    if k == 0 {
+        return scores.zeros_like();
+    }
+    if k == n {
+        return scores.ones_like();
+    }
+    let scores = scores.detach();
+    let key = if abs { scores.abs()? } else { scores.clone() }.flatten_all()?;
+    // A u32 count: an f32 sum of ones stops being exact past 2²⁴ entries.
+    let k = Tensor::new(k as u32, key.device())?;
+    let enough = |x: &Tensor| -> Result<Tensor> { key.broadcast_ge(x)?.to_dtype(DType::U32)?.sum_all()?.ge(&k) };
+    // Invariant: count(key ≥ lo) ≥ k > count(key ≥ hi), so lo ≤ t < hi. The largest key is held
+    // by fewer than k entries, or it is t itself: then lo = hi = t and no step moves them.
+    let mut hi = key.max_all()?;
+    let mut lo = enough(&hi)?.where_cond(&hi, &key.min_all()?)?;
+    for _ in 0..steps {
+        // Halves first, so that scores near f32::MAX do not overflow to infinity.
+        let mid = ((&lo * 0.5)? + (&hi * 0.5)?)?;
+        let ok = enough(&mid)?;
+        lo = ok.where_cond(&mid, &lo)?;
+        hi = ok.where_cond(&hi, &mid)?;
+    }
+    key.broadcast_ge(&lo)?.to_dtype(scores.dtype())?.reshape(scores.shape())
+}
+
 /// The hard 0/1 mask of `scores` (no gradient).
 pub fn hard_mask(scores: &Tensor, rule: Binarize) -> Result<Tensor> {
     match rule {
+        // On the CPU exact selection costs less than the bisection's 64 passes; elsewhere it
+        // would cost a round trip to the host per layer per step.
+        Binarize::TopK { keep, abs } if !scores.device().is_cpu() => topk_mask_device(scores, keep, abs),
         Binarize::TopK { keep, abs } => {
             let values: Vec<f32> = scores.flatten_all()?.to_vec1()?;
             Tensor::from_vec(topk_mask(&values, keep, abs), scores.shape(), scores.device())
@@ -114,6 +167,7 @@ pub fn expand_blocks(mask: &Tensor, block: [usize; 2], rows: usize, cols: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
     use candle_core::{Device, Var};
 
     #[test]
@@ -174,6 +228,148 @@ mod tests {
                     }
                     assert_eq!(topk_mask(&values, keep, abs), want, "n {n} keep {keep} abs {abs}");
                 }
+            }
+        }
+    }
+
+    /// What [`topk_mask_device`] promises: the keys at or above the k-th largest.
+    fn threshold_reference(values: &[f32], keep: f64, abs: bool) -> Vec<f32> {
+        let n = values.len();
+        let k = kept_count(n, keep);
+        let key = |v: f32| if abs { v.abs() } else { v };
+        let mut keys: Vec<f32> = values.iter().map(|&v| key(v)).collect();
+        keys.sort_by(|a, b| b.total_cmp(a));
+        values
+            .iter()
+            .map(|&v| match k {
+                0 => 0.0,
+                k if k == n => 1.0,
+                k => f32::from(key(v) >= keys[k - 1]),
+            })
+            .collect()
+    }
+
+    fn device_mask(values: &[f32], keep: f64, abs: bool, steps: usize) -> Vec<f32> {
+        let t = Tensor::new(values, &Device::Cpu).unwrap();
+        topk_mask_bisect(&t, keep, abs, steps).unwrap().to_vec1().unwrap()
+    }
+
+    /// Distinct magnitudes (distinct integer parts, a fraction below one half, random signs):
+    /// no ties, by absolute or signed value.
+    fn distinct_values(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+        let v: Vec<f32> = rng
+            .permutation(n)
+            .into_iter()
+            .map(|p| {
+                let v = (p as f32 + 0.5 * rng.uniform()) * (scale / n as f32);
+                if rng.next_u64() & 1 == 0 {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let mut m: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+        m.sort_by(f32::total_cmp);
+        assert!(m.windows(2).all(|w| w[0] < w[1]), "the premise: no ties");
+        v
+    }
+
+    const SIZES: [usize; 5] = [1, 2, 7, 1000, 100_003];
+    const KEEPS: [f64; 6] = [0.0, 0.01, 0.1, 0.5, 0.9, 1.0];
+    const SCALES: [f32; 3] = [1e-3, 1.0, 1e3];
+
+    #[test]
+    fn device_topk_without_ties_is_the_exact_mask() {
+        for seed in 0..3 {
+            let mut rng = Rng::new(seed, 0);
+            for n in SIZES {
+                for scale in SCALES {
+                    let values = distinct_values(&mut rng, n, scale);
+                    for keep in KEEPS {
+                        for abs in [false, true] {
+                            assert!(
+                                device_mask(&values, keep, abs, TOPK_BISECTION_STEPS) == topk_mask(&values, keep, abs),
+                                "seed {seed} n {n} scale {scale} keep {keep} abs {abs}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn device_topk_keeps_every_tie_at_the_threshold() {
+        let mut over = 0;
+        for seed in 0..3 {
+            let mut rng = Rng::new(seed, 1);
+            for n in SIZES {
+                for scale in SCALES {
+                    // Five levels (both signs and zero): ties everywhere. Normal draws: the odd
+                    // tie that 24-bit draws give at 100,003 values.
+                    let levels: Vec<f32> = (0..n).map(|_| (rng.below(5) as f32 - 2.0) * scale).collect();
+                    let normal: Vec<f32> = (0..n).map(|_| rng.normal(scale)).collect();
+                    for values in [&levels, &normal] {
+                        for keep in KEEPS {
+                            for abs in [false, true] {
+                                let what = format!("seed {seed} n {n} scale {scale} keep {keep} abs {abs}");
+                                let got = device_mask(values, keep, abs, TOPK_BISECTION_STEPS);
+                                assert!(got == threshold_reference(values, keep, abs), "{what}");
+                                let key = |i: usize| if abs { values[i].abs() } else { values[i] };
+                                let kept = (0..n).filter(|&i| got[i] == 1.0);
+                                let kept_min = kept.clone().map(key).fold(f32::INFINITY, f32::min);
+                                let drop_max = (0..n)
+                                    .filter(|&i| got[i] == 0.0)
+                                    .map(key)
+                                    .fold(f32::NEG_INFINITY, f32::max);
+                                let count = kept.count();
+                                assert!(count >= kept_count(n, keep), "{what}");
+                                over += usize::from(count > kept_count(n, keep));
+                                assert!(kept_min >= drop_max, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(over > 0, "ties at the threshold were exercised");
+        // Every key equal: all kept, whatever the fraction.
+        assert_eq!(device_mask(&[0.25; 6], 0.5, true, TOPK_BISECTION_STEPS), [1.0; 6]);
+        assert_eq!(
+            device_mask(&[-0.0, 0.0, 0.0], 0.34, false, TOPK_BISECTION_STEPS),
+            [1.0; 3]
+        );
+    }
+
+    /// The comparisons above can fail: a bisection stopped early leaves its threshold below the
+    /// k-th key and keeps too much.
+    #[test]
+    fn a_short_bisection_is_caught() {
+        let values = distinct_values(&mut Rng::new(7, 2), 1000, 1.0);
+        for abs in [false, true] {
+            let short = device_mask(&values, 0.1, abs, 8);
+            assert!(short != topk_mask(&values, 0.1, abs), "abs {abs}");
+            assert!(short != threshold_reference(&values, 0.1, abs), "abs {abs}");
+            assert!(short.iter().filter(|&&m| m == 1.0).count() > 100, "abs {abs}");
+        }
+    }
+
+    #[test]
+    fn device_topk_keeps_the_shape() {
+        let mut rng = Rng::new(5, 3);
+        for (r, c) in [(1usize, 1usize), (300, 7), (13, 77), (4, 250)] {
+            let values = distinct_values(&mut rng, r * c, 1.0);
+            let t = Tensor::from_vec(values.clone(), (r, c), &Device::Cpu).unwrap();
+            for keep in [0.1, 0.5] {
+                let m = topk_mask_device(&t, keep, true).unwrap();
+                assert_eq!(m.dims(), [r, c]);
+                assert_eq!(m.dtype(), DType::F32);
+                let flat: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+                assert!(flat == topk_mask(&values, keep, true), "{r}x{c} keep {keep}");
+                // The CPU dispatch takes the exact path, with the same result here.
+                let host = hard_mask(&t, Binarize::TopK { keep, abs: true }).unwrap();
+                assert_eq!(host.to_vec2::<f32>().unwrap(), m.to_vec2::<f32>().unwrap());
             }
         }
     }
