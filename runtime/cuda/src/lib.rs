@@ -4,11 +4,12 @@
 //! The kernels cover the weight products of every storage and mask the format defines (dense
 //! f32/f16/bf16 rows with or without an element mask, packed and tile-major block masks, seeded
 //! signed-constant weights regenerated from smk's SplitMix64 stream, seeded uniform and normal
-//! weights) and the bias, ReLU and softmax that follow them. Their conventions match the CPU
+//! weights), at batch 1 and tiled for many inputs, and the other layers: im2col for
+//! convolutions, pooling, batch and layer norm, residual adds, ReLU and softmax. Their conventions match the CPU
 //! runtime's (`runtime/src/linear.rs`); `kernels.cu` states them.
 //!
-//! [`GpuModel`] runs a whole `.smk` model (chains of linear layers with ReLU and softmax, for
-//! now) on one GPU.
+//! [`GpuModel`] runs a whole `.smk` model on one GPU: every layer kind and graph the format
+//! allows, batch 1 through streaming kernels and larger batches through a tiled one.
 //!
 //! Status: the sources compile to PTX and to sm_90 machine code on the CPU (tests/compile.rs).
 //! Nothing here has run on a GPU yet: `tests/gpu.rs` compares [`GpuModel`] with the CPU runtime
@@ -24,7 +25,7 @@ pub use model::{GpuError, GpuModel};
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// The entry points [`SOURCE`] defines.
-pub const KERNELS: [&str; 11] = [
+pub const KERNELS: [&str; 18] = [
     "smk_rows_f32",
     "smk_rows_f16",
     "smk_rows_bf16",
@@ -36,6 +37,13 @@ pub const KERNELS: [&str; 11] = [
     "smk_generated_rows",
     "smk_bias_relu",
     "smk_softmax",
+    "smk_tiled",
+    "smk_im2col",
+    "smk_conv_out",
+    "smk_pool",
+    "smk_channel_affine",
+    "smk_layer_norm",
+    "smk_add",
 ];
 
 /// Why the kernels could not be compiled.

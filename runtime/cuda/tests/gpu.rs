@@ -1,10 +1,11 @@
 //! `GpuModel` against the CPU runtime (itself checked against an f64 reference), on small
-//! two-layer models of every weight storage and mask kind, at batch 1 and 5, on the first GPU.
+//! two-layer models of every weight storage and mask kind and on a graph of every layer kind,
+//! at batches that take the per-input kernels (1, 5) and the tiled one (9, 70), on the first GPU.
 //! Where no GPU answers, the test says so and returns, unless `SMK_REQUIRE_GPU` is set:
 //! `scripts/gpu-check.sh` sets it on the GPU machine, where a skip would hide a broken setup.
 
 use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
-use smk_format::{seeded::draw, InitRule, Model, Op, SeededInit};
+use smk_format::{seeded::draw, InitRule, Input, Model, Op, SeededInit, Window2d};
 use smk_runtime::Plan;
 use smk_runtime_cuda::{GpuError, GpuModel};
 
@@ -135,7 +136,7 @@ fn gpu_matches_the_cpu_runtime() {
                 seed += 10;
                 let bytes = model(cols, hidden, w, mask, seed);
                 let m = Model::parse(&bytes).unwrap();
-                let gpu = match GpuModel::load(&m, None, 0, "sm_90") {
+                let gpu = match GpuModel::load(&m, None, 0, None) {
                     Ok(g) => g,
                     Err(GpuError::Driver(e)) | Err(GpuError::Compile(smk_runtime_cuda::CompileError::NoNvrtc(e)))
                         if std::env::var_os("SMK_REQUIRE_GPU").is_none() =>
@@ -145,7 +146,7 @@ fn gpu_matches_the_cpu_runtime() {
                     }
                     Err(e) => panic!("{w:?} {mask:?}: {e}"),
                 };
-                for batch in [1, 5] {
+                for batch in [1, 5, 9, 70] {
                     let x = values(seed + 4, batch * cols as usize);
                     let plan = Plan::new(&m, batch, None).unwrap();
                     let mut scratch = vec![0u8; plan.scratch_bytes()];
@@ -170,7 +171,7 @@ fn gpu_matches_the_cpu_runtime() {
 fn a_bad_input_length_is_an_error_not_a_crash() {
     let bytes = model(20, 8, Weights::F32, Mask::None, 1);
     let m = Model::parse(&bytes).unwrap();
-    let gpu = match GpuModel::load(&m, None, 0, "sm_90") {
+    let gpu = match GpuModel::load(&m, None, 0, None) {
         Ok(g) => g,
         Err(e) if std::env::var_os("SMK_REQUIRE_GPU").is_none() => {
             eprintln!("skipped: no GPU here ({e})");
@@ -183,4 +184,126 @@ fn a_bad_input_length_is_an_error_not_a_crash() {
         Err(GpuError::InputLength { got: 19, want: 20 })
     ));
     assert!(matches!(gpu.infer(&[], 0), Err(GpuError::InputLength { .. })));
+}
+
+/// `GpuModel` where it loads, or `None` (and a note) where no GPU answers and none is required.
+fn load_or_skip(m: &Model<'_>) -> Option<GpuModel> {
+    match GpuModel::load(m, None, 0, None) {
+        Ok(g) => Some(g),
+        Err(GpuError::Driver(e)) | Err(GpuError::Compile(smk_runtime_cuda::CompileError::NoNvrtc(e)))
+            if std::env::var_os("SMK_REQUIRE_GPU").is_none() =>
+        {
+            eprintln!("skipped: no GPU or no NVRTC here ({e})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Every layer kind in one graph, on ragged sizes: conv (element mask) → relu → max pool →
+/// strided, dilated conv over seeded weights (block mask) → batch norm → average pool with
+/// padding → flatten → linear (packed blocks) → relu → linear (bf16) → residual add → layer
+/// norm → linear → softmax.
+fn every_layer_kind(seed: u64) -> Vec<u8> {
+    let f = |name: &str, dims: &[u32], k: u64, scale: f32| {
+        let n = dims.iter().product::<u32>() as usize;
+        TensorSpec::f32(name, dims, values(seed + k, n).into_iter().map(|v| v * scale).collect()).unwrap()
+    };
+    let mut b = ModelBuilder::new(&[2, 13, 11]).unwrap();
+    let c1 = b
+        .conv2d("c1", f("c1.w", &[5, 2, 3, 3], 1, 1.0), Some(f("c1.b", &[5], 2, 1.0)), Window2d::conv(3, 1))
+        .unwrap();
+    b.relu("r1").unwrap();
+    b.op("p1", Op::MaxPool(Window2d::pool(2))).unwrap();
+    let init = SeededInit {
+        rule: InitRule::SignedConstant,
+        seed,
+        stream: 2,
+        scale: 0.2,
+    };
+    let window = Window2d {
+        kernel: [3, 3],
+        stride: [2, 1],
+        padding: [1, 0],
+        dilation: [2, 1],
+    };
+    let c2 = b
+        .conv2d("c2", TensorSpec::seeded("c2.w", &[6, 5, 3, 3], init).unwrap(), None, window)
+        .unwrap();
+    let positive: Vec<f32> = values(seed + 4, 6).into_iter().map(|v| v + 1.0).collect();
+    b.batch_norm(
+        "bn",
+        f("bn.mean", &[6], 3, 1.0),
+        TensorSpec::f32("bn.var", &[6], positive).unwrap(),
+        Some(f("bn.gamma", &[6], 5, 1.0)),
+        Some(f("bn.beta", &[6], 6, 1.0)),
+        1e-5,
+    )
+    .unwrap();
+    let avg = Window2d {
+        kernel: [2, 2],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+    };
+    b.op(
+        "p2",
+        Op::AvgPool {
+            window: avg,
+            count_include_pad: false,
+        },
+    )
+    .unwrap();
+    b.flatten("flat").unwrap();
+    let f1 = b
+        .linear("f1", f("f1.w", &[40, 72], 7, 0.3), Some(f("f1.b", &[40], 8, 1.0)))
+        .unwrap();
+    let r2 = b.relu("r2").unwrap();
+    let bf = values(seed + 9, 1600).into_iter().map(|v| half::bf16::from_f32(v * 0.3)).collect();
+    let f2 = b
+        .linear("f2", TensorSpec::new("f2.w", &[40, 40], TensorData::Bf16(bf)).unwrap(), None)
+        .unwrap();
+    b.add("res", Input::Layer(f2), Input::Layer(r2)).unwrap();
+    b.layer_norm("ln", Some(f("ln.g", &[40], 10, 1.0)), Some(f("ln.b", &[40], 11, 1.0)), 1e-5)
+        .unwrap();
+    b.linear("f3", f("f3.w", &[10, 40], 12, 0.5), None).unwrap();
+    b.op("softmax", Op::Softmax).unwrap();
+    let s = b.mask_set("task").unwrap();
+    b.set_mask(s, c1, MaskSpec::element_bools(&bits(seed + 13, 90, 0.6)))
+        .unwrap();
+    b.set_mask(s, c2, MaskSpec::block_bools([2, 4], &bits(seed + 14, 3 * 12, 0.5)))
+        .unwrap();
+    b.set_mask(s, f1, MaskSpec::block_bools([4, 8], &bits(seed + 15, 10 * 9, 0.4)))
+        .unwrap();
+    b.pack_blocks(f1).unwrap();
+    b.to_bytes().unwrap()
+}
+
+#[test]
+fn every_layer_kind_matches_the_cpu_runtime() {
+    let bytes = every_layer_kind(3);
+    let m = Model::parse(&bytes).unwrap();
+    let (in_len, out_len) = (2 * 13 * 11, 10);
+    // The CPU side first, so that the graph is checked here even where no GPU answers.
+    let cases: Vec<(usize, Vec<f32>, Vec<f32>)> = [1, 3, 8, 70]
+        .into_iter()
+        .map(|batch| {
+            let x = values(99 + batch as u64, batch * in_len);
+            let plan = Plan::new(&m, batch, None).unwrap();
+            let mut scratch = vec![0u8; plan.scratch_bytes()];
+            let mut want = vec![0f32; batch * out_len];
+            plan.infer(&mut scratch, &x, &mut want).unwrap();
+            for p in want.chunks(out_len) {
+                assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4 && p.iter().all(|v| v.is_finite()));
+            }
+            (batch, x, want)
+        })
+        .collect();
+    let Some(gpu) = load_or_skip(&m) else { return };
+    for (batch, x, want) in cases {
+        let got = gpu.infer(&x, batch).unwrap();
+        for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+            assert!((g - c).abs() <= 1e-4, "batch {batch} output {i}: GPU {g}, CPU {c}");
+        }
+    }
 }
