@@ -154,7 +154,10 @@ fn main() {
             Ok(t) => {
                 dense[k] = t;
                 let gb = 4.0 * (N as f64 * N as f64) * LAYERS as f64 / t / 1e9;
-                println!("cuBLAS dense f32 (candle), batch {batch}: {:.3} ms, {gb:.0} GB/s of weights", t * 1e3);
+                println!(
+                    "cuBLAS dense f32 (candle), batch {batch}: {:.3} ms, {gb:.0} GB/s of weights",
+                    t * 1e3
+                );
             }
             Err(e) => println!("cuBLAS dense f32, batch {batch}: not timed ({e})"),
         }

@@ -325,7 +325,12 @@ impl GpuModel {
     /// Opens GPU `ordinal`, compiles the kernels for `arch` (e.g. `"sm_90"`; `None`: the GPU's
     /// own), and copies the model's weights, masks (of mask set `task`: `None` for the only
     /// one) and parameters to it.
-    pub fn load(model: &Model<'_>, task: Option<u32>, ordinal: usize, arch: Option<&'static str>) -> Result<Self, GpuError> {
+    pub fn load(
+        model: &Model<'_>,
+        task: Option<u32>,
+        ordinal: usize,
+        arch: Option<&'static str>,
+    ) -> Result<Self, GpuError> {
         let set = match (task, model.mask_set_count()) {
             (Some(t), n) if t < n => Some(t),
             (Some(t), n) => return Err(GpuError::Task(format!("no task {t}: the model has {n}"))),
@@ -376,7 +381,10 @@ impl GpuModel {
                 match input {
                     Input::Graph => Ok((Src::Input, model.input_shape())),
                     Input::Layer(j) if j < i => {
-                        let shape = model.layer(j).ok_or_else(|| unsupported("a missing input"))?.output_shape;
+                        let shape = model
+                            .layer(j)
+                            .ok_or_else(|| unsupported("a missing input"))?
+                            .output_shape;
                         Ok((home[j as usize], shape))
                     }
                     Input::Layer(_) => Err(unsupported("an input from a later layer")),
@@ -422,15 +430,13 @@ impl GpuModel {
                         relu: false,
                     })
                 }
-                Op::Relu if foldable => {
-                    match steps.last_mut() {
-                        Some((Step::Linear { relu, .. }, _)) | Some((Step::Conv { relu, .. }, _)) if !*relu => {
-                            *relu = true;
-                            None
-                        }
-                        _ => Some(Step::Relu { src }),
+                Op::Relu if foldable => match steps.last_mut() {
+                    Some((Step::Linear { relu, .. }, _)) | Some((Step::Conv { relu, .. }, _)) if !*relu => {
+                        *relu = true;
+                        None
                     }
-                }
+                    _ => Some(Step::Relu { src }),
+                },
                 Op::Relu => Some(Step::Relu { src }),
                 Op::Flatten => None,
                 Op::MaxPool(window) => Some(Step::Pool {
@@ -735,7 +741,16 @@ impl GpuModel {
                 bias,
                 relu,
             } => {
-                self.product(product, (*rows, *cols), &buf(*src).slice(..), *cols, batch, &mut y, *rows, 1)?;
+                self.product(
+                    product,
+                    (*rows, *cols),
+                    &buf(*src).slice(..),
+                    *cols,
+                    batch,
+                    &mut y,
+                    *rows,
+                    1,
+                )?;
                 if bias.is_some() || *relu {
                     let (rows_i, relu_i, y_batch) = (*rows as i32, *relu as i32, *rows as i32);
                     // SAFETY: smk_bias_relu(float*, const float*, int, int, int, int, int), as
@@ -767,12 +782,26 @@ impl GpuModel {
                 unsafe {
                     let mut l = s.launch_builder(self.function("smk_im2col"));
                     l.arg(buf(*src)).arg(&batch_i).arg(&c).arg(&h).arg(&w);
-                    l.arg(&g.out_hw[0]).arg(&g.out_hw[1]).arg(&kh).arg(&kw).arg(&sh).arg(&sw);
+                    l.arg(&g.out_hw[0])
+                        .arg(&g.out_hw[1])
+                        .arg(&kh)
+                        .arg(&kw)
+                        .arg(&sh)
+                        .arg(&sw);
                     l.arg(&ph).arg(&pw).arg(&dh).arg(&dw).arg(&mut patches);
                     l.launch(elementwise(batch * p * cols))?;
                 }
                 let mut t = s.alloc_zeros::<f32>(batch * p * rows)?;
-                self.product(product, (*rows, *cols), &patches.slice(..), *cols, batch * p, &mut t, *rows, 1)?;
+                self.product(
+                    product,
+                    (*rows, *cols),
+                    &patches.slice(..),
+                    *cols,
+                    batch * p,
+                    &mut t,
+                    *rows,
+                    1,
+                )?;
                 let (o, p_i, relu_i) = (*rows as i32, p as i32, *relu as i32);
                 // SAFETY: smk_conv_out's parameters in order and type; `t` holds batch·P·O
                 // values, `y` as many, `bias` O.
@@ -790,7 +819,13 @@ impl GpuModel {
                 // SAFETY: smk_bias_relu with no bias over batch rows of n values of `y`.
                 unsafe {
                     let mut l = s.launch_builder(self.function("smk_bias_relu"));
-                    l.arg(&mut y).arg(&null).arg(&n_i).arg(&batch_i).arg(&n_i).arg(&1i32).arg(&1i32);
+                    l.arg(&mut y)
+                        .arg(&null)
+                        .arg(&n_i)
+                        .arg(&batch_i)
+                        .arg(&n_i)
+                        .arg(&1i32)
+                        .arg(&1i32);
                     l.launch(elementwise(total))?;
                 }
             }
@@ -802,7 +837,12 @@ impl GpuModel {
                 unsafe {
                     let mut l = s.launch_builder(self.function("smk_pool"));
                     l.arg(buf(*src)).arg(&batch_i).arg(&c).arg(&h).arg(&w);
-                    l.arg(&g.out_hw[0]).arg(&g.out_hw[1]).arg(&kh).arg(&kw).arg(&sh).arg(&sw);
+                    l.arg(&g.out_hw[0])
+                        .arg(&g.out_hw[1])
+                        .arg(&kh)
+                        .arg(&kw)
+                        .arg(&sh)
+                        .arg(&sw);
                     l.arg(&ph).arg(&pw).arg(mode).arg(&mut y);
                     l.launch(elementwise(total))?;
                 }
@@ -818,7 +858,13 @@ impl GpuModel {
                 // `shift` hold `channels` values, the input and `y` batch × n.
                 unsafe {
                     let mut l = s.launch_builder(self.function("smk_channel_affine"));
-                    l.arg(buf(*src)).arg(scale).arg(shift).arg(&ch).arg(&per).arg(&total_u).arg(&mut y);
+                    l.arg(buf(*src))
+                        .arg(scale)
+                        .arg(shift)
+                        .arg(&ch)
+                        .arg(&per)
+                        .arg(&total_u)
+                        .arg(&mut y);
                     l.launch(elementwise(total))?;
                 }
             }
@@ -931,7 +977,11 @@ impl GpuModel {
                         None => l.arg(&null).arg(&null),
                     };
                     optional(&mut l, bmask.as_ref(), &null);
-                    l.arg(mask_words).arg(&block[0]).arg(&block[1]).arg(&rows_i).arg(&cols_i);
+                    l.arg(mask_words)
+                        .arg(&block[0])
+                        .arg(&block[1])
+                        .arg(&rows_i)
+                        .arg(&cols_i);
                     l.arg(x).arg(&x_stride).arg(y).arg(&y_batch).arg(&y_row);
                     l.launch(tiles(block[0], 32))?;
                 }
@@ -956,8 +1006,19 @@ impl GpuModel {
                     ..
                 } => {
                     let mut l = s.launch_builder(self.function("smk_signed_blocks"));
-                    l.arg(key).arg(scale).arg(bmask).arg(mask_words).arg(&block[0]).arg(&block[1]);
-                    l.arg(&rows_i).arg(&cols_i).arg(x).arg(&x_stride).arg(y).arg(&y_batch).arg(&y_row);
+                    l.arg(key)
+                        .arg(scale)
+                        .arg(bmask)
+                        .arg(mask_words)
+                        .arg(&block[0])
+                        .arg(&block[1]);
+                    l.arg(&rows_i)
+                        .arg(&cols_i)
+                        .arg(x)
+                        .arg(&x_stride)
+                        .arg(y)
+                        .arg(&y_batch)
+                        .arg(&y_row);
                     l.launch(tiles(block[0], (block[0] as u32).next_multiple_of(32)))?;
                 }
                 Product::Generated {
@@ -1001,11 +1062,19 @@ impl GpuModel {
                 (Some(data), mask.as_ref(), None, 0u64, 0f32, *kind as i32, &no_blocks)
             }
             Product::Blocks {
-                kind, data, slot, block, ..
+                kind,
+                data,
+                slot,
+                block,
+                ..
             } => (Some(data), None, Some(slot), 0, 0.0, *kind as i32, block),
             Product::Signed { key, scale, mask, .. } => (None, mask.as_ref(), None, *key, *scale, 3, &no_blocks),
             Product::SignedBlocks {
-                key, scale, slot, block, ..
+                key,
+                scale,
+                slot,
+                block,
+                ..
             } => (None, None, Some(slot), *key, *scale, 3, block),
             Product::Generated {
                 key, rule, scale, mask, ..
@@ -1036,7 +1105,12 @@ impl GpuModel {
                 optional(&mut l, slot, &null);
                 l.arg(&key).arg(&scale).arg(&kind).arg(&rows_i).arg(&cols_i).arg(&words);
                 l.arg(&block[0]).arg(&block[1]).arg(&grid_cols);
-                l.arg(&xs).arg(&x_stride_i).arg(&m_i).arg(&mut ys).arg(&y_batch_i).arg(&y_row_i);
+                l.arg(&xs)
+                    .arg(&x_stride_i)
+                    .arg(&m_i)
+                    .arg(&mut ys)
+                    .arg(&y_batch_i)
+                    .arg(&y_row_i);
                 l.launch(cfg)?;
             }
             start += m;

@@ -211,7 +211,12 @@ fn every_layer_kind(seed: u64) -> Vec<u8> {
     };
     let mut b = ModelBuilder::new(&[2, 13, 11]).unwrap();
     let c1 = b
-        .conv2d("c1", f("c1.w", &[5, 2, 3, 3], 1, 1.0), Some(f("c1.b", &[5], 2, 1.0)), Window2d::conv(3, 1))
+        .conv2d(
+            "c1",
+            f("c1.w", &[5, 2, 3, 3], 1, 1.0),
+            Some(f("c1.b", &[5], 2, 1.0)),
+            Window2d::conv(3, 1),
+        )
         .unwrap();
     b.relu("r1").unwrap();
     b.op("p1", Op::MaxPool(Window2d::pool(2))).unwrap();
@@ -228,7 +233,12 @@ fn every_layer_kind(seed: u64) -> Vec<u8> {
         dilation: [2, 1],
     };
     let c2 = b
-        .conv2d("c2", TensorSpec::seeded("c2.w", &[6, 5, 3, 3], init).unwrap(), None, window)
+        .conv2d(
+            "c2",
+            TensorSpec::seeded("c2.w", &[6, 5, 3, 3], init).unwrap(),
+            None,
+            window,
+        )
         .unwrap();
     let positive: Vec<f32> = values(seed + 4, 6).into_iter().map(|v| v + 1.0).collect();
     b.batch_norm(
@@ -259,13 +269,25 @@ fn every_layer_kind(seed: u64) -> Vec<u8> {
         .linear("f1", f("f1.w", &[40, 72], 7, 0.3), Some(f("f1.b", &[40], 8, 1.0)))
         .unwrap();
     let r2 = b.relu("r2").unwrap();
-    let bf = values(seed + 9, 1600).into_iter().map(|v| half::bf16::from_f32(v * 0.3)).collect();
+    let bf = values(seed + 9, 1600)
+        .into_iter()
+        .map(|v| half::bf16::from_f32(v * 0.3))
+        .collect();
     let f2 = b
-        .linear("f2", TensorSpec::new("f2.w", &[40, 40], TensorData::Bf16(bf)).unwrap(), None)
+        .linear(
+            "f2",
+            TensorSpec::new("f2.w", &[40, 40], TensorData::Bf16(bf)).unwrap(),
+            None,
+        )
         .unwrap();
     b.add("res", Input::Layer(f2), Input::Layer(r2)).unwrap();
-    b.layer_norm("ln", Some(f("ln.g", &[40], 10, 1.0)), Some(f("ln.b", &[40], 11, 1.0)), 1e-5)
-        .unwrap();
+    b.layer_norm(
+        "ln",
+        Some(f("ln.g", &[40], 10, 1.0)),
+        Some(f("ln.b", &[40], 11, 1.0)),
+        1e-5,
+    )
+    .unwrap();
     b.linear("f3", f("f3.w", &[10, 40], 12, 0.5), None).unwrap();
     b.op("softmax", Op::Softmax).unwrap();
     let s = b.mask_set("task").unwrap();
