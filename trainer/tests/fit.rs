@@ -290,3 +290,23 @@ fn interrupted_writes_are_survived() {
     }
     assert_eq!(resumed.len(), 3);
 }
+
+/// The running loss is read back only every few steps, yet a diverged run still stops with the
+/// epoch named and leaves no checkpoint of the broken epoch.
+#[test]
+fn a_diverging_loss_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let dir = tmp.path().join("run");
+    // 75 steps: the read after step 50 (mid-epoch) is the one that sees it.
+    let cfg = FitConfig {
+        lr: 1e30,
+        batch_size: 8,
+        ..config(&data, MethodKind::Dense, 1)
+    };
+    let e = fit(&dir, cfg, QUIET).unwrap_err().to_string();
+    assert!(e.contains("loss became") && e.contains("at epoch 1: lower --lr"), "{e}");
+    assert!(!dir.join("checkpoint.safetensors").exists());
+}
