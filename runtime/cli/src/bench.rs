@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Instruction set: auto, scalar, avx2, avx512 or neon.
     #[arg(long, default_value = "auto")]
     isa: String,
+    /// Where to run: cpu, or cuda / cuda:N (a runtime built with `--features cuda`). On a GPU
+    /// the times are of the kernels alone: inputs already there, outputs left there.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Also time the same layer shapes with dense f32 weights and no mask, and print the speedup.
     #[arg(long)]
     compare_dense: bool,
@@ -296,6 +300,7 @@ fn time_together(runs: &mut [&mut Runner<'_>], stream: Option<&[f32]>, seconds: 
 
 pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
     let isa = crate::parse_isa(&a.isa)?;
+    let device = crate::device::Device::parse(&a.device)?;
     if a.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
@@ -320,6 +325,31 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode, String> {
         .unwrap_or_else(|| a.synthetic.clone().unwrap_or_default());
     let model = Model::parse(aligned.bytes()).map_err(|e| format!("{name}: {e}"))?;
     let task = crate::resolve_task(&model, a.task.as_deref(), std::path::Path::new(&name))?;
+    if let crate::device::Device::Cuda(ordinal) = device {
+        let dense = match (a.compare_dense, &spec) {
+            (false, _) => None,
+            (true, Some(s)) => Some(build(s, true)?),
+            (true, None) => Some(build(
+                &dense_spec_of(&model).ok_or_else(|| {
+                    format!("{name}: --compare-dense needs a chain of linear layers (no convolutions)")
+                })?,
+                true,
+            )?),
+        };
+        let dense = dense.map(|b| AlignedBytes::new(&b));
+        let read = Plan::new(&model, a.batch, task)
+            .map_err(|e| format!("{name}: {e}"))?
+            .bytes_read();
+        return gpu::bench(
+            &a,
+            &name,
+            &model,
+            task,
+            ordinal,
+            read,
+            dense.as_ref().map(AlignedBytes::bytes),
+        );
+    }
     let mut plan = Plan::new(&model, a.batch, task).map_err(|e| format!("{name}: {e}"))?;
     if let Some(isa) = isa {
         plan = plan.with_isa(isa).map_err(|e| e.to_string())?;
@@ -460,5 +490,104 @@ impl AlignedBytes {
     }
     fn bytes(&self) -> &[u8] {
         &self.map[..self.len]
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::{values, BenchArgs};
+    use serde_json::json;
+    use smk_format::Model;
+    use smk_runtime_cuda::GpuModel;
+    use std::process::ExitCode;
+    use std::time::Instant;
+
+    /// Median milliseconds of one batch through the kernels (input resident, a stream sync
+    /// after each call).
+    fn time(gpu: &GpuModel, batch: usize, seconds: f64) -> Result<(f64, usize), String> {
+        let e = |e: smk_runtime_cuda::GpuError| e.to_string();
+        let x = gpu
+            .stream()
+            .clone_htod(&values(7, batch * gpu.input_len(), 1.0))
+            .map_err(|e| format!("{e:?}"))?;
+        let once = || -> Result<f64, String> {
+            let t = Instant::now();
+            gpu.infer_resident(&x, batch).map_err(e)?;
+            gpu.stream().synchronize().map_err(|e| format!("{e:?}"))?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        for _ in 0..3 {
+            once()?;
+        }
+        let start = Instant::now();
+        let mut t = Vec::new();
+        while (start.elapsed().as_secs_f64() < seconds || t.len() < 10) && t.len() < 1_000_000 {
+            t.push(once()?);
+        }
+        t.sort_by(f64::total_cmp);
+        Ok((t[t.len() / 2], t.len()))
+    }
+
+    pub fn bench(
+        a: &BenchArgs,
+        name: &str,
+        model: &Model<'_>,
+        task: Option<u32>,
+        ordinal: usize,
+        read: u64,
+        dense: Option<&[u8]>,
+    ) -> Result<ExitCode, String> {
+        let load =
+            |m: &Model<'_>, t| GpuModel::load(m, t, ordinal, None).map_err(|e| format!("{name}: cuda:{ordinal}: {e}"));
+        let gpu = load(model, task)?;
+        let (ms, runs) = time(&gpu, a.batch, a.seconds)?;
+        let mut out = json!({
+            "schema": crate::JSON_SCHEMA, "model": name, "batch": a.batch, "device": format!("cuda:{ordinal}"),
+            "median_ms": ms, "runs": runs, "inputs_per_second": a.batch as f64 / (ms / 1e3),
+            "bytes_read": read, "gbs": read as f64 / (ms / 1e3) / 1e9,
+        });
+        if let Some(bytes) = dense {
+            let dense_model = Model::parse(bytes).map_err(|e| e.to_string())?;
+            let (dms, _) = time(&load(&dense_model, None)?, a.batch, a.seconds)?;
+            out["dense_median_ms"] = json!(dms);
+            out["speedup"] = json!(dms / ms);
+        }
+        if a.json {
+            println!("{out}");
+        } else {
+            println!(
+                "{name}: batch {}, GPU cuda:{ordinal}, {runs} runs (kernels only)",
+                a.batch
+            );
+            println!(
+                "  median {ms:.4} ms, {:.1} inputs/s, {:.1} GB/s on {:.1} MB of weights and masks",
+                a.batch as f64 / (ms / 1e3),
+                read as f64 / (ms / 1e3) / 1e9,
+                read as f64 / 1e6
+            );
+            if let Some(d) = out["dense_median_ms"].as_f64() {
+                println!("  dense f32: median {d:.4} ms; speedup {:.2}x", d / ms);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod gpu {
+    use super::BenchArgs;
+    use smk_format::Model;
+    use std::process::ExitCode;
+
+    pub fn bench(
+        _: &BenchArgs,
+        _: &str,
+        _: &Model<'_>,
+        _: Option<u32>,
+        _: usize,
+        _: u64,
+        _: Option<&[u8]>,
+    ) -> Result<ExitCode, String> {
+        Err("this runtime was built without CUDA".into())
     }
 }

@@ -1,12 +1,13 @@
 //! `runtime`: run, evaluate, inspect, verify and benchmark .smk supermask models.
 
 mod bench;
+mod device;
 mod input;
 mod inspect;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use smk_runtime::{Isa, Model, Runner, Session};
+use smk_runtime::{Isa, Model, Session};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,7 +19,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success; 1 a file or input cannot be use
 and why); 2 bad command line; 3 `verify` found the file damaged.";
 
 #[derive(Parser)]
-#[command(name = "runtime", version, about = "Run .smk supermask models on the CPU", after_help = EXIT_CODES)]
+#[command(name = "runtime", version, about = "Run .smk supermask models on the CPU or a GPU", after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,6 +61,10 @@ struct Common {
     /// Instruction set: auto, scalar, avx2, avx512 or neon.
     #[arg(long, default_value = "auto")]
     isa: String,
+    /// Where to run: cpu, or cuda / cuda:N (the N-th GPU; needs a runtime built with
+    /// `--features cuda`, the NVIDIA driver and libnvrtc).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -162,13 +167,17 @@ pub fn resolve_task(model: &Model<'_>, task: Option<&str>, path: &Path) -> Resul
     ))
 }
 
-fn runner<'s>(session: &'s Session, c: &Common, batch: usize) -> Result<Runner<'s>, String> {
+fn engine<'s>(session: &'s Session, c: &Common, batch: usize) -> Result<device::Engine<'s>, String> {
     let path = session.path();
     let model = session.model().map_err(|e| format!("{}: {e}", path.display()))?;
     let task = resolve_task(&model, c.task.as_deref(), path)?;
-    session
-        .runner(batch, task, parse_isa(&c.isa)?)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    match device::Device::parse(&c.device)? {
+        device::Device::Cpu => session
+            .runner(batch, task, parse_isa(&c.isa)?)
+            .map(|r| device::Engine::Cpu(Box::new(r)))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        device::Device::Cuda(ordinal) => device::Engine::gpu(&model, task, ordinal, batch, path),
+    }
 }
 
 fn pixel_scale(model: &Model<'_>) -> f32 {
@@ -180,9 +189,9 @@ fn pixel_scale(model: &Model<'_>) -> f32 {
 
 fn infer(a: InferArgs) -> Result<ExitCode, String> {
     let session = open(&a.model)?;
-    let mut run = runner(&session, &a.common, 1)?;
-    let model = *run.plan().model();
-    let in_len = run.plan().input_len();
+    let mut run = engine(&session, &a.common, 1)?;
+    let model = session.model().map_err(|e| e.to_string())?;
+    let in_len = run.input_len();
     let ext = a
         .input
         .extension()
@@ -215,22 +224,18 @@ fn infer(a: InferArgs) -> Result<ExitCode, String> {
             model.input_shape().dims()
         ));
     }
-    let mut y = vec![0f32; run.plan().output_len()];
+    let mut y = vec![0f32; run.output_len()];
     let start = Instant::now();
-    run.infer(&x, &mut y).map_err(|e| e.to_string())?;
+    run.infer(&x, &mut y)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let mut order: Vec<usize> = (0..y.len()).collect();
     order.sort_by(|&i, &j| y[j].total_cmp(&y[i]));
     let top: Vec<_> = order.iter().take(a.top_k.max(1)).map(|&k| (k, y[k])).collect();
-    let task = run
-        .plan()
-        .task()
-        .and_then(|t| model.mask_set(t))
-        .map(|s| s.name.to_string());
+    let task = run.task().and_then(|t| model.mask_set(t)).map(|s| s.name.to_string());
     if a.common.json {
         let top_json: Vec<_> = top.iter().map(|(k, s)| json!({"class": k, "score": s})).collect();
         let out = json!({"schema": JSON_SCHEMA, "model": a.model, "input": a.input, "task": task,
-            "class": top[0].0, "top": top_json, "outputs": y, "isa": run.plan().isa().name(), "ms": ms});
+            "class": top[0].0, "top": top_json, "outputs": y, "isa": run.isa_name(), "device": run.device(), "ms": ms});
         println!("{out}");
     } else {
         println!(
@@ -271,9 +276,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
         return Err(format!("{}: no images to evaluate", a.images.display()));
     }
     let batch = a.batch.clamp(1, n);
-    let mut run = runner(&session, &a.common, batch)?;
-    let model = *run.plan().model();
-    let in_len = run.plan().input_len();
+    let mut run = engine(&session, &a.common, batch)?;
+    let model = session.model().map_err(|e| e.to_string())?;
+    let in_len = run.input_len();
     if images.item_len() != in_len {
         return Err(format!(
             "{}: images of {} values; the model takes {in_len}",
@@ -281,10 +286,10 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
             images.item_len()
         ));
     }
-    let out_len = run.plan().output_len();
+    let out_len = run.output_len();
     let scale = pixel_scale(&model);
     let mut tail_run = if n % batch != 0 {
-        Some(runner(&session, &a.common, n % batch)?)
+        Some(engine(&session, &a.common, n % batch)?)
     } else {
         None
     };
@@ -303,11 +308,10 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
         }
         let t = Instant::now();
         if m == batch {
-            run.infer(&x, &mut y).map_err(|e| e.to_string())?;
+            run.infer(&x, &mut y)?;
         } else {
             let r = tail_run.as_mut().ok_or("internal: no tail plan")?;
-            r.infer(&x[..m * in_len], &mut y[..m * out_len])
-                .map_err(|e| e.to_string())?;
+            r.infer(&x[..m * in_len], &mut y[..m * out_len])?;
         }
         busy += t.elapsed().as_secs_f64();
         for k in 0..m {
@@ -334,11 +338,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
     }
     let accuracy = correct as f64 / n as f64;
     let ips = n as f64 / busy.max(1e-9);
-    let task = run
-        .plan()
-        .task()
-        .and_then(|t| model.mask_set(t))
-        .map(|s| s.name.to_string());
+    let task = run.task().and_then(|t| model.mask_set(t)).map(|s| s.name.to_string());
     if a.common.json {
         let classes: Vec<_> = per_class
             .iter()
@@ -348,7 +348,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
             .collect();
         let out = json!({"schema": JSON_SCHEMA, "model": a.model, "task": task, "images": n, "correct": correct,
             "accuracy": accuracy, "per_class": classes, "images_per_second": ips, "batch": batch,
-            "isa": run.plan().isa().name()});
+            "isa": run.isa_name(), "device": run.device()});
         println!("{out}");
     } else {
         println!(
@@ -359,7 +359,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
         for (k, (c, t)) in per_class.iter().enumerate().filter(|(_, (_, t))| *t > 0) {
             println!("  class {k}: {:.2}% of {t}", 100.0 * *c as f64 / *t as f64);
         }
-        println!("{ips:.0} images/s (batch {batch}, {}, one thread)", run.plan().isa());
+        println!("{ips:.0} images/s (batch {batch}, {})", run.describe());
     }
     Ok(ExitCode::SUCCESS)
 }

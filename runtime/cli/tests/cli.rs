@@ -298,6 +298,11 @@ fn bad_input_is_one_clear_line_and_exit_code_1() {
     let garbage = tmp.path().join("garbage.smk");
     std::fs::write(&garbage, b"not a model at all, just text").unwrap();
     let (images, labels) = idx(tmp.path(), 4);
+    let gpu_error = if cfg!(feature = "cuda") {
+        "cuda:0"
+    } else {
+        "built without CUDA"
+    };
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["inspect", garbage.to_str().unwrap()], "garbage.smk"),
         (vec!["infer", "/nonexistent.smk", "x.npy"], "nonexistent"),
@@ -338,6 +343,47 @@ fn bad_input_is_one_clear_line_and_exit_code_1() {
         (
             vec!["infer", m, images.to_str().unwrap(), "--task", "odd", "--isa", "sse9"],
             "unknown instruction set",
+        ),
+        (
+            vec!["infer", m, images.to_str().unwrap(), "--task", "odd", "--device", "tpu"],
+            "unknown device",
+        ),
+        // Built without the `cuda` feature, the runtime says how to get it; built with it on a
+        // machine without a GPU (CI's CUDA step), it names the device it could not open.
+        (
+            vec![
+                "infer",
+                m,
+                images.to_str().unwrap(),
+                "--task",
+                "odd",
+                "--device",
+                "cuda",
+            ],
+            gpu_error,
+        ),
+        (
+            vec![
+                "eval",
+                m,
+                "--images",
+                images.to_str().unwrap(),
+                "--labels",
+                labels.to_str().unwrap(),
+                "--task",
+                "odd",
+                "--device",
+                "cuda:1",
+            ],
+            if cfg!(feature = "cuda") {
+                "cuda:1"
+            } else {
+                "without CUDA"
+            },
+        ),
+        (
+            vec!["bench", m, "--task", "odd", "--seconds", "0.01", "--device", "cuda"],
+            gpu_error,
         ),
     ];
     for (args, needle) in cases {

@@ -59,7 +59,15 @@ impl std::error::Error for GpuError {}
 
 impl From<DriverError> for GpuError {
     fn from(e: DriverError) -> Self {
-        GpuError::Driver(format!("{e:?}"))
+        let code = format!("{:?}", e.0);
+        GpuError::Driver(match code.as_str() {
+            "CUDA_ERROR_NO_DEVICE" => "no GPU answers (CUDA_ERROR_NO_DEVICE)".into(),
+            "CUDA_ERROR_INVALID_DEVICE" => "no GPU of that number (CUDA_ERROR_INVALID_DEVICE)".into(),
+            _ => match e.error_string() {
+                Ok(why) => format!("{code}: {}", why.to_string_lossy()),
+                Err(_) => code,
+            },
+        })
     }
 }
 
@@ -338,7 +346,9 @@ impl GpuModel {
             (None, 1) => Some(0),
             (None, n) => return Err(GpuError::Task(format!("the model has {n} tasks: choose one"))),
         };
-        let ctx = CudaContext::new(ordinal)?;
+        // cudarc loads libcuda on first use and panics where there is none: an error instead.
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| GpuError::Driver("libcuda (the NVIDIA driver) could not be loaded".into()))??;
         let arch = match arch {
             Some(a) => a,
             None => arch_of(ctx.compute_capability()?),
