@@ -2,7 +2,7 @@
 # A CUDA 13.0 toolkit for building smk's GPU code on a machine without a GPU or a system CUDA.
 #
 # It installs NVIDIA's PyPI wheels (nvcc, NVVM, the C runtime headers, CCCL, cudart, NVRTC,
-# cuBLAS, cuRAND: about 1.2 GB) into one tree, then assembles a CUDA root for the linker:
+# cuBLAS, cuRAND, NCCL: about 1.5 GB) into one tree, then assembles a CUDA root for the linker:
 # bin/include/nvvm/lib linked from that tree, unversioned library names, and a stub
 # libcuda.so.1 (no wheel ships the driver). The stub exports every cu* function that cudarc
 # declares, each returning CUDA_ERROR_NO_DEVICE (100), so a program built against it runs and
@@ -12,7 +12,7 @@
 # Usage:
 #   scripts/cuda-toolkit.sh            # installs once into .cuda/ (SMK_CUDA_DIR overrides)
 #   source <(scripts/cuda-toolkit.sh --env)
-#   cargo build --release --workspace --features cuda
+#   cargo build --release -p smk-trainer --features nccl   (or cuda: without multi-GPU training)
 #
 # --env prints the environment every cargo command needs with the cuda feature (build, test and
 # clippy alike: changing it re-runs the build scripts). CUDA_COMPUTE_CAP=90 builds for Hopper
@@ -36,15 +36,16 @@ EOF
 }
 
 if [[ "${1:-}" == "--env" ]]; then
-  if [[ ! -f "$dir/.complete" ]]; then
-    echo "scripts/cuda-toolkit.sh: no toolkit in $dir yet: run scripts/cuda-toolkit.sh first" >&2
+  if [[ ! -f "$dir/.complete" || ! -e "$root/lib/libnccl.so" ]]; then
+    echo "scripts/cuda-toolkit.sh: no (current) toolkit in $dir: run scripts/cuda-toolkit.sh first" >&2
     exit 1
   fi
   print_env
   exit 0
 fi
 
-if [[ -f "$dir/.complete" ]]; then
+# A toolkit assembled by an older version of this script (without NCCL) is assembled again.
+if [[ -f "$dir/.complete" && -e "$root/lib/libnccl.so" ]]; then
   echo "CUDA toolkit already assembled in $dir" >&2
   exit 0
 fi
@@ -52,21 +53,21 @@ fi
 rm -rf "$dir"
 mkdir -p "$wheels" "$root/lib/stubs"
 
-echo "installing the CUDA 13.0 wheels into $wheels (about 1.2 GB) …" >&2
+echo "installing the CUDA 13.0 wheels into $wheels (about 1.5 GB) …" >&2
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$wheels" \
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 \
   nvidia-cuda-cccl==13.0.85 nvidia-cuda-runtime==13.0.96 nvidia-cuda-nvrtc==13.0.88 \
-  nvidia-cublas==13.0.2.14 nvidia-curand==10.4.5.25
+  nvidia-cublas==13.0.2.14 nvidia-curand==10.4.5.25 nvidia-nccl-cu13==2.32.3
 
 tree="$wheels/nvidia/cu13"
 for sub in bin include nvvm; do
   ln -s "$tree/$sub" "$root/$sub"
 done
-for f in "$tree"/lib/*; do
+for f in "$tree"/lib/* "$wheels"/nvidia/nccl/lib/*; do
   ln -s "$f" "$root/lib/$(basename "$f")"
 done
 # The linker asks for unversioned names (-lcublas …); the wheels ship only versioned files.
-for name in cudart cublas cublasLt curand nvrtc; do
+for name in cudart cublas cublasLt curand nvrtc nccl; do
   versioned=$(cd "$root/lib" && ls "lib$name.so."* 2>/dev/null | sort | head -n 1)
   if [[ -z "$versioned" ]]; then
     echo "scripts/cuda-toolkit.sh: lib$name.so.* is missing from the wheels" >&2

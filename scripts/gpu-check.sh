@@ -21,7 +21,8 @@ build() {
   source <(scripts/cuda-toolkit.sh --env)
   export CARGO_TARGET_DIR=target/cuda
   cargo build --release -p smk-trainer --features cuda
-  cargo build --release -p smk-runtime-cuda --example gpu_bench
+  cargo build --release -p smk-runtime-cli --features cuda
+  cargo build --release -p smk-runtime-cuda --features cublas --example gpu_bench
   local tests
   tests=$(cargo test --release -p smk-runtime-cuda --test gpu --no-run --message-format=json |
     python3 -c 'import json,sys
@@ -31,6 +32,7 @@ for line in sys.stdin:
         print(m["executable"])')
   rm -rf "$here" && mkdir -p "$here/bin"
   cp target/cuda/release/trainer "$here/bin/trainer"
+  cp target/cuda/release/runtime "$here/bin/runtime"
   cp target/cuda/release/examples/gpu_bench "$here/bin/gpu_bench"
   cp "$tests" "$here/bin/gpu_tests"
   strip "$here"/bin/*
@@ -45,7 +47,7 @@ run() {
     echo "gpu-check: no nvidia-smi here: this half runs on the GPU machine" >&2
     exit 1
   fi
-  for b in trainer gpu_bench gpu_tests; do
+  for b in trainer runtime gpu_bench gpu_tests; do
     [[ -x "$here/bin/$b" ]] || { echo "gpu-check: $here/bin/$b is missing: run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
   done
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.csv"
@@ -77,11 +79,29 @@ run() {
   acc_cpu=$(grep -o 'test accuracy [0-9.]*%' "$out/fit-cpu.log" | tail -n 1)
   acc_gpu=$(grep -o 'test accuracy [0-9.]*%' "$out/fit-cuda.log" | tail -n 1)
 
+  echo "== trainer: 1 epoch in bf16 frozen weights, and data parallel over every GPU =="
+  "$here/bin/trainer" fit --device cuda --dtype bf16 --method edge-popup --epochs 1 --seed 1 \
+    --out "$out/fit-bf16" --quiet 2>&1 | tee "$out/fit-bf16.log"
+  local gpus
+  gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd, -)
+  "$here/bin/trainer" fit --devices "$gpus" --method edge-popup --epochs 1 --seed 1 \
+    --out "$out/fit-ranks" --quiet 2>&1 | tee "$out/fit-ranks.log"
+
+  echo "== runtime: the CUDA run's export, evaluated on the CPU and the GPU =="
+  "$here/bin/trainer" export "$out/fit-cuda" --out "$out/cuda.smk"
+  for dev in cpu cuda; do
+    "$here/bin/runtime" eval "$out/cuda.smk" --images data/t10k-images-idx3-ubyte.gz \
+      --labels data/t10k-labels-idx1-ubyte.gz --batch 256 --device "$dev" | tee "$out/eval-$dev.log"
+    "$here/bin/runtime" eval "$out/cuda.smk" --images data/t10k-images-idx3-ubyte.gz \
+      --labels data/t10k-labels-idx1-ubyte.gz --batch 1 --limit 500 --device "$dev" | tail -n 1
+  done
+
   echo "== runtime kernels: 8 × 4096² layers =="
-  "$here/bin/gpu_bench" sm_90 50 | tee "$out/bench.md"
+  "$here/bin/gpu_bench" 50 | tee "$out/bench.md"
 
   echo
   echo "trainer: CPU $acc_cpu, CUDA $acc_gpu"
+  echo "runtime eval: CPU $(head -n 1 "$out/eval-cpu.log"), CUDA $(head -n 1 "$out/eval-cuda.log")"
   grep -E "agree|test result" "$out/gpu_tests.log" | tail -n 2
   cat "$out/bench.md"
 }
