@@ -72,6 +72,38 @@ impl WeightInit {
     }
 }
 
+/// Precision in which frozen weights are held on the device (`--dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FrozenDtype {
+    /// bfloat16: f32's range, 8 bits of precision; half the memory.
+    Bf16,
+    /// binary16: 11 bits of precision, range to ±65504; half the memory.
+    F16,
+    /// binary32: as computed.
+    #[default]
+    F32,
+}
+
+impl FrozenDtype {
+    /// The candle dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::Bf16 => candle_core::DType::BF16,
+            Self::F16 => candle_core::DType::F16,
+            Self::F32 => candle_core::DType::F32,
+        }
+    }
+    /// The flag's value.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+}
+
 /// Learning-rate schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -144,6 +176,9 @@ pub struct FitConfig {
     pub temperature: f64,
     /// Piggyback: train the last layer's weights (unmasked) too.
     pub train_head: bool,
+    /// Precision of frozen weights on the device (configurations from before it: f32).
+    #[serde(default)]
+    pub dtype: FrozenDtype,
 }
 
 impl FitConfig {
@@ -179,6 +214,7 @@ impl FitConfig {
             alpha: 0.5,
             temperature: 2.0,
             train_head: false,
+            dtype: FrozenDtype::F32,
         };
         match method {
             MethodKind::Dense => {
@@ -268,6 +304,13 @@ impl FitConfig {
         if self.method == MethodKind::Dense && self.keep != 1.0 {
             return bad("dense trains every weight: --keep applies to masking methods".into());
         }
+        if self.dtype != FrozenDtype::F32 && self.method.trains_weights() {
+            return bad(format!(
+                "--dtype {} applies to frozen weights, and {} trains every weight: use --dtype f32",
+                self.dtype.id(),
+                self.method.id()
+            ));
+        }
         if self.warmup_epochs + self.cooldown_epochs >= self.epochs
             && matches!(self.method, MethodKind::MovementHard | MethodKind::MovementSoft)
         {
@@ -323,6 +366,23 @@ mod tests {
     }
 
     #[test]
+    fn configs_from_before_dtype_load_as_f32() {
+        let c = FitConfig::defaults(MethodKind::EdgePopup);
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("dtype = \"f32\""), "{text}");
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("dtype"))
+            .map(|l| l.to_string() + "\n")
+            .collect();
+        assert_ne!(old, text);
+        assert_eq!(toml::from_str::<FitConfig>(&old).unwrap(), c);
+        let bf16 = text.replace("dtype = \"f32\"", "dtype = \"bf16\"");
+        assert_eq!(toml::from_str::<FitConfig>(&bf16).unwrap().dtype, FrozenDtype::Bf16);
+        assert!(toml::from_str::<FitConfig>(&text.replace("\"f32\"", "\"f8\"")).is_err());
+    }
+
+    #[test]
     fn validation_names_the_problem() {
         let mut c = FitConfig::defaults(MethodKind::EdgePopup);
         c.keep = 1.5;
@@ -332,6 +392,15 @@ mod tests {
         let mut c = FitConfig::defaults(MethodKind::EdgePopup);
         c.model = "vgg".into();
         assert!(c.validate().unwrap_err().to_string().contains("vgg"));
+        for method in [MethodKind::Dense, MethodKind::MovementHard, MethodKind::MovementSoft] {
+            let mut c = FitConfig::defaults(method);
+            c.dtype = FrozenDtype::Bf16;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("--dtype bf16") && e.contains(method.id()), "{e}");
+        }
+        let mut c = FitConfig::defaults(MethodKind::Block);
+        c.dtype = FrozenDtype::F16;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -45,12 +45,7 @@ fn compacted_spec(
     dtype: WeightsDtype,
 ) -> Result<TensorSpec> {
     let (r, c) = l.matrix();
-    let w = l
-        .weight_var
-        .as_ref()
-        .map_or(&l.weight, |v| v.as_tensor())
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let w = l.weight_f32()?.flatten_all()?.to_vec1::<f32>()?;
     let values = compact::select(&w, c, rows, cols);
     let dims = [rows.map_or(r, |k| k.len()), cols.map_or(c, |k| k.len())];
     stored(format!("{}.weight", l.name), &dims, values, dtype)
@@ -60,9 +55,11 @@ fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
     let name = format!("{}.weight", l.name);
     let dims: Vec<u32> = l.dims.iter().map(|&d| d as u32).collect();
     match (l.seeded, &l.weight_var) {
+        // The runtime draws these again in f32; under `--dtype bf16|f16` training saw them
+        // rounded to that precision.
         (Some(init), None) => Ok(TensorSpec::seeded(name, &dims, init)?),
-        (_, Some(v)) => stored(name, &l.dims, v.as_tensor().flatten_all()?.to_vec1()?, dtype),
-        (None, None) => stored(name, &l.dims, l.weight.flatten_all()?.to_vec1()?, dtype),
+        // Frozen bf16 or f16 weights widen exactly: the stored values are those the run used.
+        _ => stored(name, &l.dims, l.weight_f32()?.flatten_all()?.to_vec1()?, dtype),
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use smk_trainer::config::{FitConfig, MethodKind, Schedule, WeightInit};
+use smk_trainer::config::{FitConfig, FrozenDtype, MethodKind, Schedule, WeightInit};
 use smk_trainer::data::DataKind;
 use smk_trainer::export::WeightsDtype;
 use smk_trainer::optim::OptimizerKind;
@@ -146,6 +146,15 @@ struct FitArgs {
     /// Piggyback: train the last layer (unmasked) as well.
     #[arg(long)]
     train_head: bool,
+    /// Precision of frozen weights on the device (default f32): bf16 or f16 halve their memory
+    /// between steps. The forward pass widens them to f32 (exactly); scores, masks, activations
+    /// and gradients stay f32. Only frozen layers change: dense and movement pruning train every
+    /// weight and refuse anything but f32, and piggyback's head under --train-head stays f32.
+    /// Seeded weights still export as their seed: the runtime draws them in f32, within bf16/f16
+    /// rounding of what training used. (The precision written to the .smk file is
+    /// `export --weights-dtype`.)
+    #[arg(long, value_enum)]
+    dtype: Option<FrozenDtype>,
     /// TOML file of settings (the keys of config.toml in a run directory); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -253,6 +262,7 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     set("alpha", f(a.alpha));
     set("temperature", f(a.temperature));
     set("train_head", a.train_head.then_some(toml::Value::Boolean(true)));
+    set("dtype", a.dtype.as_ref().map(value));
     let cfg: FitConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Config(format!("configuration: {e}")))?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use smk_format::seeded::{kaiming_std, kaiming_uniform_bound, SeededInit, RELU_GAIN};
 
-use crate::config::{FitConfig, MethodKind, WeightInit};
+use crate::config::{FitConfig, FrozenDtype, MethodKind, WeightInit};
 use crate::error::{Error, Result};
 use crate::mask::{expand_blocks, hard_mask, ste_mask, Binarize};
 use crate::rng::{stream, Rng};
@@ -66,7 +66,7 @@ pub struct MaskedLayer {
     pub name: String,
     /// Weight dims: `[out, in]` or `[out, in, kh, kw]`.
     pub dims: Vec<usize>,
-    /// The weights (a plain tensor when frozen).
+    /// The weights (a plain tensor when frozen, then in the run's `--dtype`; f32 otherwise).
     pub weight: Tensor,
     /// The weights as a variable, when they train.
     pub weight_var: Option<Var>,
@@ -84,15 +84,18 @@ impl MaskedLayer {
         (self.dims[0], self.dims[1..].iter().product())
     }
 
-    fn current_weight(&self) -> &Tensor {
-        self.weight_var.as_ref().map_or(&self.weight, |v| v.as_tensor())
+    /// The weights as the forward pass reads them: in f32, whatever `--dtype` holds frozen
+    /// ones in (the values are exactly those held; widening from bf16 or f16 is exact).
+    pub fn weight_f32(&self) -> Result<Tensor> {
+        let w = self.weight_var.as_ref().map_or(&self.weight, |v| v.as_tensor());
+        Ok(w.to_dtype(DType::F32)?)
     }
 
     /// The weight the forward pass uses: `w ⊙ mask(scores)` with a straight-through mask.
     pub fn effective_weight(&self, rule: Binarize) -> Result<Tensor> {
-        let w = self.current_weight();
+        let w = self.weight_f32()?;
         let Some(scores) = &self.scores else {
-            return Ok(w.clone());
+            return Ok(w);
         };
         let m = ste_mask(scores.as_tensor(), rule)?;
         let m = self.to_weight_shape(m)?;
@@ -233,6 +236,21 @@ struct LayerPlan<'a> {
 }
 
 impl LayerPlan<'_> {
+    /// A frozen weight (f32, on the host) in the run's `--dtype`.
+    fn frozen(&self, w: Tensor, name: &str) -> Result<Tensor> {
+        let dtype = self.cfg.dtype;
+        if dtype == FrozenDtype::F16 {
+            // f16 tops out at 65504: larger loaded weights would silently become infinite.
+            let top = w.abs()?.max_all()?.to_scalar::<f32>()?;
+            if top > half::f16::MAX.to_f32() {
+                return Err(Error::Config(format!(
+                    "--dtype f16: '{name}.weight' holds {top}, beyond f16's ±65504: use --dtype bf16 or f32"
+                )));
+            }
+        }
+        Ok(w.to_dtype(dtype.dtype())?)
+    }
+
     fn layer(&self, name: &str, dims: Vec<usize>, index: usize, is_head: bool) -> Result<MaskedLayer> {
         let cfg = self.cfg;
         let rows = dims[0];
@@ -251,7 +269,7 @@ impl LayerPlan<'_> {
                         t.dims()
                     )));
                 }
-                (t.to_dtype(DType::F32)?.to_device(self.device)?, None)
+                (t.to_dtype(DType::F32)?, None)
             }
             None => {
                 let fan = cols as f64 * if cfg.scale_fan { cfg.keep } else { 1.0 };
@@ -268,12 +286,18 @@ impl LayerPlan<'_> {
                 let mut values = vec![0f32; rows * cols];
                 init.fill(cols, &mut values);
                 (
-                    Tensor::from_vec(values, dims.as_slice(), self.device)?,
+                    Tensor::from_vec(values, dims.as_slice(), &Device::Cpu)?,
                     (!trains).then_some(init),
                 )
             }
         };
-        let weight_var = if trains { Some(Var::from_tensor(&weight)?) } else { None };
+        // Narrowed on the host, so that only the narrow copy travels to the device.
+        let (weight, weight_var) = if trains {
+            let w = weight.to_device(self.device)?;
+            (w.clone(), Some(Var::from_tensor(&w)?))
+        } else {
+            (self.frozen(weight, name)?.to_device(self.device)?, None)
+        };
         let masked = cfg.method.masks() && !head_trains;
         let block = (cfg.method == MethodKind::Block).then_some(cfg.block);
         let scores = if masked {
@@ -623,7 +647,9 @@ impl Net {
             let w = get(&format!("{}.weight", l.name))?;
             match &l.weight_var {
                 Some(v) => v.set(w)?,
-                None => l.weight = w.clone(),
+                // Checkpoints hold frozen weights as the run held them; the cast only guards
+                // against a file that holds them otherwise.
+                None => l.weight = w.to_dtype(l.weight.dtype())?,
             }
             if let Some(s) = &l.scores {
                 s.set(get(&format!("{}.scores", l.name))?)?;

@@ -82,6 +82,14 @@ fn bad_invocations_fail_with_one_clear_line() {
             "/nonexistent",
         ),
         (vec!["eval", "/nonexistent-run"], "config.toml"),
+        (
+            vec!["fit", "--method", "dense", "--dtype", "bf16", "--out", out],
+            "--dtype bf16 applies to frozen weights, and dense trains every weight",
+        ),
+        (
+            vec!["fit", "--method", "movement-soft", "--dtype", "f16", "--out", out],
+            "movement-soft trains every weight",
+        ),
     ] {
         let (ok, _, err) = trainer(&args);
         assert!(!ok, "{args:?} succeeded");
@@ -109,4 +117,69 @@ fn cuda_on_a_cpu_build_says_how_to_get_it() {
         !ok && err.contains("built without CUDA") && err.contains("--features cuda"),
         "{err}"
     );
+}
+
+/// `--dtype f32` is the default, bit for bit; `--dtype bf16` is recorded in config.toml; a run
+/// whose config.toml predates the key still evaluates and exports.
+#[test]
+fn dtype_flag_default_record_and_old_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    common::small_data(&data);
+    let d = data.to_str().unwrap();
+    let fit = |name: &str, extra: &[&str]| {
+        let run = tmp.path().join(name);
+        let mut args = vec![
+            "fit",
+            "--epochs",
+            "1",
+            "--data",
+            d,
+            "-q",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = trainer(&args);
+        assert!(ok, "{name}: {err}");
+        run
+    };
+    let strip = |run: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect()
+    };
+    let plain = fit("plain", &[]);
+    let f32_run = fit("f32", &["--dtype", "f32"]);
+    assert_eq!(strip(&plain), strip(&f32_run));
+    assert_eq!(
+        std::fs::read(plain.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(f32_run.join("checkpoint.safetensors")).unwrap()
+    );
+    let bf16 = fit("bf16", &["--dtype", "bf16"]);
+    let cfg = std::fs::read_to_string(bf16.join("config.toml")).unwrap();
+    assert!(cfg.contains("dtype = \"bf16\""), "{cfg}");
+
+    // A run from before --dtype: its config.toml has no such key.
+    let cfg_path = plain.join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(cfg.contains("dtype = \"f32\""), "{cfg}");
+    let old: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("dtype"))
+        .map(|l| l.to_string() + "\n")
+        .collect();
+    std::fs::write(&cfg_path, old).unwrap();
+    let (ok, _, err) = trainer(&["eval", plain.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let smk = tmp.path().join("old.smk");
+    let (ok, _, err) = trainer(&["export", plain.to_str().unwrap(), "--out", smk.to_str().unwrap()]);
+    assert!(ok, "{err}");
 }

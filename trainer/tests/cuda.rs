@@ -99,3 +99,68 @@ fn short_runs_agree_on_cpu_and_gpu() {
         );
     }
 }
+
+/// The GPU's top-k (bisection on the device, no host round trip) gives the mask that the same
+/// algorithm gives on the CPU, and, for keys without ties, the exact top-k of the host path.
+#[test]
+fn gpu_topk_matches_the_cpu() {
+    use smk_trainer::mask::{hard_mask, topk_mask, topk_mask_device, Binarize};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = smk_trainer::rng::Rng::new(11, 0);
+    for n in [7usize, 1000, 100_003] {
+        // Distinct magnitudes: a permutation's integers plus a fraction below one half.
+        let values: Vec<f32> = rng
+            .permutation(n)
+            .into_iter()
+            .map(|p| {
+                let v = (p as f32 + 0.5 * rng.uniform()) / n as f32;
+                if rng.next_u64() & 1 == 0 {
+                    -v
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let t = candle_core::Tensor::new(values.as_slice(), &gpu).unwrap();
+        let c = candle_core::Tensor::new(values.as_slice(), &Device::Cpu).unwrap();
+        for keep in [0.01, 0.1, 0.5, 0.9] {
+            for abs in [false, true] {
+                let on_gpu: Vec<f32> = hard_mask(&t, Binarize::TopK { keep, abs }).unwrap().to_vec1().unwrap();
+                let on_cpu: Vec<f32> = topk_mask_device(&c, keep, abs).unwrap().to_vec1().unwrap();
+                assert!(on_gpu == on_cpu, "n {n} keep {keep} abs {abs}");
+                assert!(on_gpu == topk_mask(&values, keep, abs), "n {n} keep {keep} abs {abs}");
+            }
+        }
+    }
+}
+
+/// `--dtype bf16` on the GPU: frozen weights are bf16 there, and a short run learns as on the
+/// CPU.
+#[test]
+fn bf16_frozen_weights_on_the_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let cfg = |device: &str| FitConfig {
+        dtype: smk_trainer::config::FrozenDtype::Bf16,
+        ..config(&data, MethodKind::EdgePopup, device)
+    };
+    let net = Net::build(&cfg("cuda"), [1, 28, 28], 10, None, &gpu).unwrap();
+    assert!(net
+        .layers
+        .iter()
+        .all(|l| l.weight.dtype() == DType::BF16 && l.weight.device().is_cuda()));
+    let mut accuracy = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let metrics = fit(&tmp.path().join(device), cfg(device), QUIET).unwrap();
+        accuracy.push(metrics.last().unwrap().test_accuracy);
+    }
+    assert!(
+        accuracy[1] > 0.5 && (accuracy[0] - accuracy[1]).abs() <= 0.05,
+        "CPU {:.3} against GPU {:.3}",
+        accuracy[0],
+        accuracy[1]
+    );
+}

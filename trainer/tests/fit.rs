@@ -4,9 +4,11 @@ mod common;
 
 use std::path::Path;
 
+use candle_core::DType;
 use common::small_data;
-use smk_trainer::config::{FitConfig, MethodKind};
+use smk_trainer::config::{FitConfig, FrozenDtype, MethodKind};
 use smk_trainer::export::{export, WeightsDtype};
+use smk_trainer::model::Net;
 use smk_trainer::train::{fit, FitOptions, Run};
 
 fn config(data: &Path, method: MethodKind, epochs: usize) -> FitConfig {
@@ -81,13 +83,22 @@ fn resume_continues_exactly() {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     small_data(&data);
-    for method in [MethodKind::EdgePopup, MethodKind::Dense] {
-        let whole = tmp.path().join(format!("whole-{}", method.id()));
-        let full = fit(&whole, config(&data, method, 3), QUIET).unwrap();
-        let split = tmp.path().join(format!("split-{}", method.id()));
+    for (method, dtype) in [
+        (MethodKind::EdgePopup, FrozenDtype::F32),
+        (MethodKind::Dense, FrozenDtype::F32),
+        (MethodKind::EdgePopup, FrozenDtype::Bf16),
+    ] {
+        let cfg = FitConfig {
+            dtype,
+            ..config(&data, method, 3)
+        };
+        let method = (method, dtype);
+        let whole = tmp.path().join(format!("whole-{}-{}", method.0.id(), dtype.id()));
+        let full = fit(&whole, cfg.clone(), QUIET).unwrap();
+        let split = tmp.path().join(format!("split-{}-{}", method.0.id(), dtype.id()));
         let first = fit(
             &split,
-            config(&data, method, 3),
+            cfg.clone(),
             FitOptions {
                 stop_after: Some(1),
                 profile: false,
@@ -96,7 +107,7 @@ fn resume_continues_exactly() {
         )
         .unwrap();
         assert_eq!(first.len(), 1);
-        let rest = fit(&split, config(&data, method, 3), FitOptions { resume: true, ..QUIET }).unwrap();
+        let rest = fit(&split, cfg, FitOptions { resume: true, ..QUIET }).unwrap();
         assert_eq!(rest.len(), 3, "metrics of all three epochs");
         for (a, b) in full.iter().zip(&rest) {
             assert_eq!((a.epoch, a.step), (b.epoch, b.step));
@@ -309,4 +320,128 @@ fn a_diverging_loss_stops_the_run() {
     let e = fit(&dir, cfg, QUIET).unwrap_err().to_string();
     assert!(e.contains("loss became") && e.contains("at epoch 1: lower --lr"), "{e}");
     assert!(!dir.join("checkpoint.safetensors").exists());
+}
+
+/// `--dtype bf16`: frozen weights live in bf16 (in the network and its checkpoint), the run
+/// still learns, and its checkpoint evaluates to the run's own figure.
+#[test]
+fn bf16_frozen_weights_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let dev = candle_core::Device::Cpu;
+    for (method, dtype) in [
+        (MethodKind::EdgePopup, FrozenDtype::Bf16),
+        (MethodKind::Block, FrozenDtype::F16),
+    ] {
+        let cfg = FitConfig {
+            dtype,
+            ..config(&data, method, 1)
+        };
+        let built = Net::build(&cfg, [1, 28, 28], 10, None, &dev).unwrap();
+        for l in &built.layers {
+            assert_eq!(l.weight.dtype(), dtype.dtype(), "{method:?} {}", l.name);
+            assert!(l.weight_var.is_none());
+            assert_eq!(l.scores.as_ref().unwrap().dtype(), DType::F32, "scores stay f32");
+        }
+        let dir = tmp.path().join(method.id());
+        let m = fit(&dir, cfg.clone(), QUIET).unwrap();
+        let f32_run = fit(
+            &tmp.path().join(format!("{}-f32", method.id())),
+            FitConfig {
+                dtype: FrozenDtype::F32,
+                ..cfg
+            },
+            QUIET,
+        )
+        .unwrap();
+        // Ten classes: chance is 0.1. 200 test digits: one is half a point.
+        let (a, b) = (m[0].test_accuracy, f32_run[0].test_accuracy);
+        assert!(a > 0.5 && (a - b).abs() <= 0.05, "{method:?}: {dtype:?} {a}, f32 {b}");
+        let saved = candle_core::safetensors::load(dir.join("checkpoint.safetensors"), &dev).unwrap();
+        assert_eq!(
+            saved["fc1.weight"].dtype(),
+            dtype.dtype(),
+            "half the checkpoint bytes too"
+        );
+        assert_eq!(saved["fc1.scores"].dtype(), DType::F32);
+        let run = Run::open(&dir).unwrap();
+        assert_eq!(run.cfg.dtype, dtype);
+        let (mut net, test, rule) = run.load_net(&dev).unwrap();
+        assert_eq!(net.layers[0].weight.dtype(), dtype.dtype());
+        let e = smk_trainer::train::evaluate(&mut net, &test, rule, &dev).unwrap();
+        assert_eq!(e.accuracy, m[0].test_accuracy, "{method:?}");
+        // Seeded layers export as their seed, whatever they were held in.
+        let out = tmp.path().join(format!("{}.smk", method.id()));
+        export(&dir, &out, WeightsDtype::F32).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let model = smk_format::Model::parse(&bytes).unwrap();
+        let fc1 = model.tensors().find(|t| t.name == "fc1.weight").unwrap();
+        assert!(matches!(fc1.storage, smk_format::Storage::Seeded(_)));
+    }
+}
+
+/// Loaded weights under `--dtype bf16`: the frozen layers hold the file's values rounded to
+/// bf16, piggyback's trained head stays f32, and export writes exactly the values used.
+#[test]
+fn bf16_loaded_weights_export_the_values_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let dev = candle_core::Device::Cpu;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, out, inp) in [("fc1", 300usize, 784usize), ("fc2", 100, 300), ("fc3", 10, 100)] {
+        let values: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 7919) % 2003) as f32 / 2003.0 - 0.5)
+            .collect();
+        let t = candle_core::Tensor::from_vec(values, (out, inp), &dev).unwrap();
+        tensors.insert(format!("{name}.weight"), t);
+    }
+    let file = tmp.path().join("pretrained.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let cfg = FitConfig {
+        init_from: Some(file),
+        train_head: true,
+        dtype: FrozenDtype::Bf16,
+        ..config(&data, MethodKind::Piggyback, 1)
+    };
+    let dir = tmp.path().join("pb");
+    fit(&dir, cfg, QUIET).unwrap();
+    let (net, _, _) = Run::open(&dir).unwrap().load_net(&dev).unwrap();
+    let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
+    let want: Vec<f32> = tensors["fc1.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(bf16)
+        .collect();
+    assert_eq!(net.layers[0].weight.dtype(), DType::BF16);
+    let held: Vec<f32> = net.layers[0]
+        .weight_f32()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(held == want, "the file's values, rounded to bf16 once");
+    let head = &net.layers[2];
+    assert!(head.weight_var.is_some(), "--train-head trains the head");
+    assert_eq!(head.weight_var.as_ref().unwrap().dtype(), DType::F32);
+    let out = tmp.path().join("pb.smk");
+    export(&dir, &out, WeightsDtype::F32).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let model = smk_format::Model::parse(&bytes).unwrap();
+    let fc1 = model.tensors().find(|t| t.name == "fc1.weight").unwrap();
+    assert_eq!(fc1.storage, smk_format::Storage::F32);
+    let stored = fc1.to_f32_vec().unwrap();
+    assert!(!stored.is_empty());
+    // Rows or columns may have been compacted away; every stored value is a bf16 the run used.
+    assert!(stored.iter().all(|&v| v == bf16(v)));
+    if fc1.matrix() == (300, 784) {
+        assert!(stored == want);
+    }
 }
