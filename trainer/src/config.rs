@@ -179,6 +179,9 @@ pub struct FitConfig {
     /// Precision of frozen weights on the device (configurations from before it: f32).
     #[serde(default)]
     pub dtype: FrozenDtype,
+    /// Data-parallel replicas (`--devices`), one device each; empty: `device` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 impl FitConfig {
@@ -215,6 +218,7 @@ impl FitConfig {
             temperature: 2.0,
             train_head: false,
             dtype: FrozenDtype::F32,
+            devices: Vec::new(),
         };
         match method {
             MethodKind::Dense => {
@@ -258,6 +262,13 @@ impl FitConfig {
         }
         if self.epochs == 0 || self.batch_size == 0 {
             return bad("--epochs and --batch-size must be at least 1".into());
+        }
+        if self.batch_size < self.devices.len() {
+            return bad(format!(
+                "--batch-size {} is smaller than the {} replicas of --devices",
+                self.batch_size,
+                self.devices.len()
+            ));
         }
         if self.block.iter().any(|&b| b == 0 || b > 1024) {
             return bad(format!(

@@ -5,7 +5,7 @@
 //! - [`mask`]: binarising scores with the straight-through estimator; exact top-k.
 //! - [`config`]: methods and their defaults; [`optim`]: SGD, RMSprop and Adam with state.
 //! - [`data`]: IDX and CIFAR-10 loaders, task families; [`rng`]: the seeded generator.
-//! - [`train`]: fit, eval, checkpoints and resume; [`export`]: .smk export; [`sweep`]: accuracy
+//! - [`train`]: fit, eval, checkpoints and resume; [`parallel`]: data parallel over devices; [`export`]: .smk export; [`sweep`]: accuracy
 //!   against density, as a table and a plot.
 
 pub mod compact;
@@ -16,6 +16,7 @@ pub mod export;
 pub mod mask;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod rng;
 pub mod sweep;
 pub mod train;

@@ -119,6 +119,12 @@ struct FitArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// Data parallel over several GPUs: `0,1,2,3` (ordinals; `cuda:N` and, to try the path
+    /// without a GPU, `cpu` also work). Each step's batch is split across them and the
+    /// gradients summed with NCCL (a trainer built with `--features nccl`), so the run
+    /// matches one device's up to rounding. Overrides --device.
+    #[arg(long)]
+    devices: Option<String>,
     /// Piggyback's mask threshold; movement-soft's final sigmoid threshold.
     #[arg(long)]
     threshold: Option<f32>,
@@ -263,6 +269,16 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     set("temperature", f(a.temperature));
     set("train_head", a.train_head.then_some(toml::Value::Boolean(true)));
     set("dtype", a.dtype.as_ref().map(value));
+    if let Some(list) = &a.devices {
+        let devices = smk_trainer::parallel::parse_devices(list)?;
+        set("device", devices.first().cloned().map(toml::Value::String));
+        set(
+            "devices",
+            Some(toml::Value::Array(
+                devices.into_iter().map(toml::Value::String).collect(),
+            )),
+        );
+    }
     let cfg: FitConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| Error::Config(format!("configuration: {e}")))?;

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use serde::Serialize;
 
 use crate::config::{FitConfig, MethodKind, Schedule};
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::mask::Binarize;
 use crate::model::Net;
 use crate::optim::{cosine_lr, Hyper, Optimizer};
+use crate::parallel::{self, Reducer};
 use crate::rng::{stream, Rng};
 
 /// Version of the JSON written to `metrics.jsonl` and by `eval --json`.
@@ -368,6 +369,16 @@ impl Profile {
     }
 }
 
+/// One data-parallel replica: its net, optimizer and teacher on its device.
+struct Replica {
+    net: Net,
+    opt: Optimizer,
+    teacher: Option<(Net, Binarize)>,
+    /// The net's variables, in the same order on every replica.
+    vars: Vec<Var>,
+    device: Device,
+}
+
 /// Trains a run in `dir` (or continues it), returning every epoch's metrics.
 pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetrics>> {
     let io = |path: &Path| {
@@ -410,32 +421,53 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
     )
     .map_err(io(&dir.join(CONFIG)))?;
 
-    let device = device(&cfg.device)?;
+    // One replica per device (`--devices`), else one on `--device`; the first is the one that
+    // evaluates, checkpoints and reports.
+    let devices: Vec<Device> = if cfg.devices.is_empty() {
+        vec![device(&cfg.device)?]
+    } else {
+        cfg.devices.iter().map(|d| device(d)).collect::<Result<_>>()?
+    };
+    let device = devices[0].clone();
+    let reducer = Reducer::new(&devices)?;
     let train = load_split(&cfg, Split::Train)?;
     let test = load_split(&cfg, Split::Test)?;
     let init = cfg.init_from.as_deref().map(load_init).transpose()?;
-    let mut net = Net::build(&cfg, train.shape, outputs(&train), init.as_ref(), &device)?;
     let hyper = Hyper {
         momentum: cfg.momentum,
         weight_decay: cfg.weight_decay,
         ..Hyper::default()
     };
-    let mut opt = Optimizer::new(cfg.optimizer, hyper, net.vars());
     let mut start = 0;
-    if opts.resume {
-        let saved =
-            candle_core::safetensors::load(&ckpt_path, &device).map_err(|e| Error::data(&ckpt_path, e.to_string()))?;
-        net.load(&saved)?;
-        opt.load_state(&saved)?;
-        start = checkpoint_epoch(&saved, &ckpt_path)?;
-    }
-    let mut teacher = match &cfg.teacher {
-        Some(t) => {
-            let (net, _, rule) = Run::open(t)?.load_net(&device)?;
-            Some((net, rule))
+    let mut replicas = Vec::with_capacity(devices.len());
+    for dev in &devices {
+        // Built from the same seed (or file) on every device: the same initial replica.
+        let mut net = Net::build(&cfg, train.shape, outputs(&train), init.as_ref(), dev)?;
+        let mut opt = Optimizer::new(cfg.optimizer, hyper, net.vars());
+        if opts.resume {
+            let saved =
+                candle_core::safetensors::load(&ckpt_path, dev).map_err(|e| Error::data(&ckpt_path, e.to_string()))?;
+            net.load(&saved)?;
+            opt.load_state(&saved)?;
+            start = checkpoint_epoch(&saved, &ckpt_path)?;
         }
-        None => None,
-    };
+        let teacher = match &cfg.teacher {
+            Some(t) => {
+                let (net, _, rule) = Run::open(t)?.load_net(dev)?;
+                Some((net, rule))
+            }
+            None => None,
+        };
+        let vars: Vec<Var> = net.vars().into_iter().map(|(_, v)| v).collect();
+        replicas.push(Replica {
+            net,
+            opt,
+            teacher,
+            vars,
+            device: dev.clone(),
+        });
+    }
+    let ranks = replicas.len();
 
     // Keep only the metrics of finished, checkpointed epochs.
     let metrics_path = dir.join(METRICS);
@@ -468,9 +500,13 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
         let order = Rng::new(cfg.seed, stream::SHUFFLE + epoch as u64).permutation(n);
         let bar = progress_bar(steps_per_epoch as u64, epoch, cfg.epochs, opts.quiet);
         // Σ loss·batch in f64 (as the host summed it before, so the metric is unchanged) and
-        // the count of correct predictions, kept on the device between reads.
-        let mut loss_sum_t = Tensor::zeros((), DType::F64, &device)?;
-        let mut correct_t = Tensor::zeros((), DType::U32, &device)?;
+        // the count of correct predictions, kept on each replica's device between reads.
+        let mut loss_sum_t = Vec::with_capacity(ranks);
+        let mut correct_t = Vec::with_capacity(ranks);
+        for r in &replicas {
+            loss_sum_t.push(Tensor::zeros((), DType::F64, &r.device)?);
+            correct_t.push(Tensor::zeros((), DType::U32, &r.device)?);
+        }
         let mut loss_sum = 0.0;
         let mut prof = Profile::default();
         let mut clock = Instant::now();
@@ -481,29 +517,53 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
         };
         for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let rule = rule_at(&cfg, epoch, b as f64 / steps_per_epoch as f64);
-            let (x, y) = batch(&train, chunk, &device)?;
-            lap(&mut prof.data);
-            let logits = net.forward(&x, rule, true)?;
-            let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            if let Some((t, teacher_rule)) = &mut teacher {
-                let zt = t.forward(&x, *teacher_rule, false)?.detach();
-                loss = distill(&logits, &zt, &loss, cfg.alpha, cfg.temperature)?;
+            let mut grads = Vec::with_capacity(ranks);
+            for (r, rep) in replicas.iter_mut().enumerate() {
+                let part = &chunk[parallel::shard(chunk.len(), r, ranks)];
+                if part.is_empty() {
+                    // A last batch smaller than the replicas: this one adds nothing.
+                    let zero = (rep.vars[0].as_tensor().sum_all()? * 0.0)?;
+                    grads.push(zero.backward()?);
+                    continue;
+                }
+                let (x, y) = batch(&train, part, &rep.device)?;
+                lap(&mut prof.data);
+                let logits = rep.net.forward(&x, rule, true)?;
+                let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                if let Some((t, teacher_rule)) = &mut rep.teacher {
+                    let zt = t.forward(&x, *teacher_rule, false)?.detach();
+                    loss = distill(&logits, &zt, &loss, cfg.alpha, cfg.temperature)?;
+                }
+                if cfg.method == MethodKind::MovementSoft && cfg.lambda != 0.0 {
+                    loss = (loss + (soft_penalty(&rep.net)? * cfg.lambda)?)?;
+                }
+                lap(&mut prof.forward);
+                // Each replica's share of the batch mean, so that the summed gradients are the
+                // whole batch's (one replica: the loss itself, bit for bit).
+                let share = if ranks == 1 {
+                    loss.clone()
+                } else {
+                    (&loss * (part.len() as f64 / chunk.len() as f64))?
+                };
+                grads.push(share.backward()?);
+                lap(&mut prof.backward);
+                // Detached: the running sums must not hold on to every step's graph.
+                loss_sum_t[r] = (&loss_sum_t[r] + (loss.detach().to_dtype(DType::F64)? * part.len() as f64)?)?;
+                let hits = logits.detach().argmax(D::Minus1)?.eq(&y)?;
+                correct_t[r] = (&correct_t[r] + hits.to_dtype(DType::U32)?.sum_all()?)?;
             }
-            if cfg.method == MethodKind::MovementSoft && cfg.lambda != 0.0 {
-                loss = (loss + (soft_penalty(&net)? * cfg.lambda)?)?;
+            let vars: Vec<Vec<Var>> = replicas.iter().map(|r| r.vars.clone()).collect();
+            reducer.sum(&vars, &mut grads)?;
+            for (rep, g) in replicas.iter_mut().zip(&grads) {
+                rep.opt.step(g, lr)?;
             }
-            lap(&mut prof.forward);
-            let grads = loss.backward()?;
-            lap(&mut prof.backward);
-            opt.step(&grads, lr)?;
             lap(&mut prof.step);
-            // Detached: the running sums must not hold on to every step's graph.
-            loss_sum_t = (loss_sum_t + (loss.detach().to_dtype(DType::F64)? * chunk.len() as f64)?)?;
-            let hits = logits.detach().argmax(D::Minus1)?.eq(&y)?;
-            correct_t = (correct_t + hits.to_dtype(DType::U32)?.sum_all()?)?;
             bar.inc(1);
             if (b + 1) % READ_EVERY == 0 || b + 1 == steps_per_epoch {
-                loss_sum = loss_sum_t.to_scalar::<f64>()?;
+                loss_sum = 0.0;
+                for t in &loss_sum_t {
+                    loss_sum += t.to_scalar::<f64>()?;
+                }
                 // One non-finite step makes the sum non-finite (finite f32 losses cannot
                 // overflow an f64 sum).
                 let l = loss_sum / ((b + 1) * cfg.batch_size).min(n) as f64;
@@ -518,10 +578,14 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
             lap(&mut prof.host);
         }
         bar.finish_and_clear();
-        let correct = correct_t.to_scalar::<u32>()? as usize;
+        let mut correct = 0usize;
+        for t in &correct_t {
+            correct += t.to_scalar::<u32>()? as usize;
+        }
+        let Replica { net, opt, .. } = &mut replicas[0];
         let rule = rule_at(&cfg, epoch + 1, 0.0);
-        let eval = evaluate(&mut net, &test, rule, &device)?;
-        let (density, overall_density) = densities(&net, rule)?;
+        let eval = evaluate(net, &test, rule, &device)?;
+        let (density, overall_density) = densities(net, rule)?;
         lap(&mut prof.eval);
         let m = EpochMetrics {
             schema: SCHEMA,

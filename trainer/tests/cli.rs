@@ -90,6 +90,12 @@ fn bad_invocations_fail_with_one_clear_line() {
             vec!["fit", "--method", "movement-soft", "--dtype", "f16", "--out", out],
             "movement-soft trains every weight",
         ),
+        (vec!["fit", "--devices", "0,0", "--out", out], "a GPU is named twice"),
+        (vec!["fit", "--devices", "cpu,0", "--out", out], "mixes CPU and GPU"),
+        (
+            vec!["fit", "--devices", "cpu,cpu,cpu", "--batch-size", "2", "--out", out],
+            "smaller than the 3 replicas",
+        ),
     ] {
         let (ok, _, err) = trainer(&args);
         assert!(!ok, "{args:?} succeeded");

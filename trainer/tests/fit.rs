@@ -445,3 +445,64 @@ fn bf16_loaded_weights_export_the_values_used() {
         assert!(stored == want);
     }
 }
+
+#[test]
+fn data_parallel_replicas_take_the_single_device_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    for method in [MethodKind::Dense, MethodKind::EdgePopup] {
+        // 600 examples: batches of 250, 250 and 100, split three ways (ragged shards).
+        let cfg = FitConfig {
+            batch_size: 250,
+            ..config(&data, method, 1)
+        };
+        let one = tmp.path().join(format!("one-{}", method.id()));
+        let single = fit(&one, cfg.clone(), QUIET).unwrap();
+        let three = tmp.path().join(format!("three-{}", method.id()));
+        let cfg3 = FitConfig {
+            devices: vec!["cpu".into(); 3],
+            ..cfg
+        };
+        let replicated = fit(&three, cfg3, QUIET).unwrap();
+        let (a, b) = (&single[0], &replicated[0]);
+        assert!(
+            (a.train_loss - b.train_loss).abs() < 1e-5 * a.train_loss,
+            "{method:?}: {a:?} vs {b:?}"
+        );
+        let load = |dir: &Path| {
+            candle_core::safetensors::load(dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap()
+        };
+        let (ta, tb) = (load(&one), load(&three));
+        let mut compared = 0;
+        for (name, x) in &ta {
+            if x.dtype() != DType::F32 {
+                continue;
+            }
+            let y = &tb[name];
+            let diff = (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = x
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            assert!(
+                diff <= 1e-4 * scale,
+                "{method:?} {name}: replicas differ by {diff} (scale {scale})"
+            );
+            compared += 1;
+        }
+        assert!(compared >= 3, "{method:?}: only {compared} tensors compared");
+    }
+}
