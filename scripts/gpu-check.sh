@@ -20,21 +20,26 @@ build() {
   # shellcheck disable=SC1090
   source <(scripts/cuda-toolkit.sh --env)
   export CARGO_TARGET_DIR=target/cuda
-  cargo build --release -p smk-trainer --features cuda
+  cargo build --release -p smk-trainer --features nccl
   cargo build --release -p smk-runtime-cli --features cuda
   cargo build --release -p smk-runtime-cuda --features cublas --example gpu_bench
-  local tests
-  tests=$(cargo test --release -p smk-runtime-cuda --test gpu --no-run --message-format=json |
-    python3 -c 'import json,sys
+  local tests trainer_tests
+  test_binary() {  # the executable of test target $2 of package $1, built with features $3
+    cargo test --release -p "$1" --features "$3" --test "$2" --no-run --message-format=json |
+      python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$2"
+  }
+  tests=$(test_binary smk-runtime-cuda gpu "")
+  trainer_tests=$(test_binary smk-trainer cuda nccl)
   rm -rf "$here" && mkdir -p "$here/bin"
   cp target/cuda/release/trainer "$here/bin/trainer"
   cp target/cuda/release/runtime "$here/bin/runtime"
   cp target/cuda/release/examples/gpu_bench "$here/bin/gpu_bench"
   cp "$tests" "$here/bin/gpu_tests"
+  cp "$trainer_tests" "$here/bin/trainer_tests"
   strip "$here"/bin/*
   du -sh "$here"
   echo "ready: device run with command=\"scripts/gpu-check.sh run\", carry=[\"$here\"]"
@@ -47,7 +52,7 @@ run() {
     echo "gpu-check: no nvidia-smi here: this half runs on the GPU machine" >&2
     exit 1
   fi
-  for b in trainer runtime gpu_bench gpu_tests; do
+  for b in trainer runtime gpu_bench gpu_tests trainer_tests; do
     [[ -x "$here/bin/$b" ]] || { echo "gpu-check: $here/bin/$b is missing: run 'scripts/gpu-check.sh build' first" >&2; exit 1; }
   done
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.csv"
@@ -65,9 +70,21 @@ run() {
   [[ -n "$lib" && -e "$lib/libcublas.so.13" ]] || { echo "gpu-check: libcublas.so.13 not found" >&2; exit 1; }
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "CUDA libraries from $lib"
+  # NCCL (the trainer links it for --devices): a system NCCL, or PyTorch's nvidia-nccl wheel.
+  if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2 && [[ ! -e "$lib/libnccl.so.2" ]]; then
+    local nccl
+    nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null ||
+      dirname "$(timeout 60 find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -n 1)" 2>/dev/null || true)
+    [[ -n "$nccl" && -e "$nccl/libnccl.so.2" ]] || { echo "gpu-check: libnccl.so.2 not found" >&2; exit 1; }
+    export LD_LIBRARY_PATH="$nccl:$LD_LIBRARY_PATH"
+    echo "NCCL from $nccl"
+  fi
 
   echo "== runtime: GPU against the CPU runtime =="
   SMK_REQUIRE_GPU=1 "$here/bin/gpu_tests" --nocapture 2>&1 | tee "$out/gpu_tests.log"
+
+  echo "== trainer: CPU against CUDA per method, top-k, bf16, one rank through NCCL =="
+  SMK_REQUIRE_GPU=1 "$here/bin/trainer_tests" --test-threads=1 2>&1 | tee "$out/trainer_tests.log"
 
   echo "== trainer: 3 epochs of edge-popup, CPU and CUDA, one seed =="
   local acc_cpu acc_gpu

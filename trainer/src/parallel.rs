@@ -71,9 +71,11 @@ impl std::fmt::Debug for Reducer {
 
 impl Reducer {
     /// The reducer for these devices: NCCL where they are all GPUs (in a trainer built with
-    /// the `nccl` feature), gathering where they are all CPUs.
-    pub fn new(devices: &[Device]) -> Result<Self> {
-        if devices.len() <= 1 {
+    /// the `nccl` feature), gathering where they are all CPUs. One device needs none, unless
+    /// `explicit` (`--devices` named it): one GPU then goes through NCCL all the same, so that
+    /// a machine with one GPU tests the multi-GPU path.
+    pub fn new(devices: &[Device], explicit: bool) -> Result<Self> {
+        if devices.len() <= 1 && !(explicit && devices.iter().all(Device::is_cuda)) {
             return Ok(Reducer::Single);
         }
         if devices.iter().all(Device::is_cpu) {

@@ -429,7 +429,7 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
         cfg.devices.iter().map(|d| device(d)).collect::<Result<_>>()?
     };
     let device = devices[0].clone();
-    let reducer = Reducer::new(&devices)?;
+    let reducer = Reducer::new(&devices, !cfg.devices.is_empty())?;
     let train = load_split(&cfg, Split::Train)?;
     let test = load_split(&cfg, Split::Test)?;
     let init = cfg.init_from.as_deref().map(load_init).transpose()?;

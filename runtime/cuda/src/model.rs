@@ -379,6 +379,8 @@ impl GpuModel {
         // Where each layer's output lives (flatten and a folded ReLU add no step of their own).
         let mut home: Vec<Src> = Vec::new();
         let mut steps: Vec<(Step, usize)> = Vec::new();
+        // The layer each step computes.
+        let mut owner: Vec<u32> = Vec::new();
         for i in 0..count {
             let layer = model
                 .layer(i)
@@ -409,9 +411,10 @@ impl GpuModel {
                     None => Ok(None),
                 }
             };
-            // The step before, when this layer's ReLU can fold into it.
-            let foldable = matches!(src, Src::Step(k) if k + 1 == steps.len())
-                && matches!(layer.input, Input::Layer(j) if j + 1 == i && readers[j as usize] == 1);
+            // The step before, when this layer's ReLU can fold into it: that step is the
+            // previous layer's own (not one a flatten passes on) and nothing else reads it.
+            let foldable = matches!(layer.input, Input::Layer(j)
+                if readers[j as usize] == 1 && src == Src::Step(steps.len().wrapping_sub(1)) && owner.last() == Some(&j));
             let step = match layer.op {
                 Op::Linear { weight, bias } => {
                     let w = tensor(weight)?;
@@ -509,6 +512,7 @@ impl GpuModel {
             match step {
                 Some(step) => {
                     steps.push((step, n));
+                    owner.push(i);
                     home.push(Src::Step(steps.len() - 1));
                 }
                 // Flatten: the same values; a folded ReLU: the product's buffer, now rectified.
