@@ -382,6 +382,62 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("data"))
 }
 
+/// Writes every task of `family` over `ds` as gzipped IDX files in `out`:
+/// `task-K-images-idx3-ubyte.gz` (pixels back to bytes, `[N, H, W]`, or `[N, C, H, W]` for
+/// colour) and `task-K-labels-idx1-ubyte.gz`, K from 0, each file atomically. Returns the number
+/// of examples of each task.
+pub fn write_tasks(family: &TaskFamily, ds: &Dataset, seed: u64, out: &Path) -> Result<Vec<usize>> {
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut counts = Vec::with_capacity(family.count());
+    for k in 0..family.count() {
+        let t = family.task(ds, k, seed)?;
+        let [c, h, w] = t.shape;
+        let mut dims = vec![t.len() as u32];
+        if c != 1 {
+            dims.push(c as u32);
+        }
+        dims.extend([h as u32, w as u32]);
+        // Rotations interpolate: their pixels round to the nearest byte.
+        let pixels: Vec<u8> = t
+            .images
+            .iter()
+            .map(|&p| (p * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let labels: Vec<u8> = t
+            .labels
+            .iter()
+            .map(|&l| u8::try_from(l).map_err(|_| Error::Config(format!("label {l} does not fit an IDX byte"))))
+            .collect::<Result<_>>()?;
+        write_idx_gz(&out.join(format!("task-{k}-images-idx3-ubyte.gz")), &dims, &pixels)?;
+        write_idx_gz(
+            &out.join(format!("task-{k}-labels-idx1-ubyte.gz")),
+            &[t.len() as u32],
+            &labels,
+        )?;
+        counts.push(t.len());
+    }
+    Ok(counts)
+}
+
+/// One gzipped IDX file of unsigned bytes, written atomically.
+fn write_idx_gz(path: &Path, dims: &[u32], body: &[u8]) -> Result<()> {
+    let mut raw = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        raw.extend_from_slice(&d.to_be_bytes());
+    }
+    raw.extend_from_slice(body);
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).map_err(io)?;
+    smk_format::writer::write_atomic(path, &gz.finish().map_err(io)?).map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
 use smk_format::{Input, Op, Window2d};
 
 use crate::compact;
+use crate::config::MethodKind;
 use crate::error::{Error, Result};
 use crate::mask::Binarize;
 use crate::model::{MaskedLayer, Net, Node};
@@ -66,17 +67,34 @@ fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
 /// Builds the .smk bytes of a trained network.
 pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Result<Vec<u8>> {
     let cfg = &run.cfg;
-    let [c, h, w] = net.input;
-    let mut b = ModelBuilder::new(&[c as u32, h as u32, w as u32])?;
     let task = cfg
         .task
         .as_ref()
         .map_or("default".to_string(), |t| format!("{t}#{}", cfg.task_index));
-    let set = if cfg.method.masks() {
-        Some(b.mask_set(&task)?)
+    let sets: Vec<(String, &Net)> = if cfg.method.masks() {
+        vec![(task, net)]
     } else {
-        None
+        Vec::new()
     };
+    to_smk_sets(net, &sets, run, rule, dtype)
+}
+
+/// Builds the .smk bytes of `net`'s weights with one named mask set per entry of `sets`, each
+/// from its own network's scores (SupSup: one per task over the same frozen weights).
+pub fn to_smk_sets(
+    net: &Net,
+    sets: &[(String, &Net)],
+    run: &Run,
+    rule: Binarize,
+    dtype: WeightsDtype,
+) -> Result<Vec<u8>> {
+    let cfg = &run.cfg;
+    let [c, h, w] = net.input;
+    let mut b = ModelBuilder::new(&[c as u32, h as u32, w as u32])?;
+    let mut set_ids = Vec::with_capacity(sets.len());
+    for (name, task_net) in sets {
+        set_ids.push((b.mask_set(name)?, *task_net));
+    }
     // Pixels in [0, 1] go in; the training normalisation is the first layer (eps 0, so the
     // variance is exactly std²).
     let channels = net.normalize.len() as u32;
@@ -90,7 +108,12 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
         None,
         0.0,
     )?;
-    let compaction = compact::plan(net, rule)?;
+    // Units that are dead under one mask may live under another: compaction is for one mask.
+    let compaction = if sets.len() > 1 {
+        compact::Compaction::default()
+    } else {
+        compact::plan(net, rule)?
+    };
     let kept = |l: usize| {
         (
             compaction.rows.get(&l).map(|v| v.as_slice()),
@@ -156,8 +179,11 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
             }
             Node::Add(x, y) => b.add(&name, Input::Layer(smk_layer[x]), Input::Layer(smk_layer[y]))?,
         };
-        if let (Some(set), Node::Linear(l) | Node::Conv { layer: l, .. }) = (set, *node) {
-            let layer = &net.layers[l];
+        for &(set, task_net) in &set_ids {
+            let (Node::Linear(l) | Node::Conv { layer: l, .. }) = *node else {
+                break;
+            };
+            let layer = &task_net.layers[l];
             if let Some(grid) = layer.hard_mask_grid(rule)? {
                 let bits: Vec<bool> = grid
                     .flatten_all()?
@@ -176,7 +202,7 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
                 b.set_mask(set, id, spec)?;
                 // One mask over stored weights: keep only the kept blocks (the runtime's fastest
                 // layout); seeded weights store nothing to pack.
-                if layer.block.is_some() && layer.seeded.is_none() {
+                if layer.block.is_some() && layer.seeded.is_none() && set_ids.len() == 1 {
                     b.pack_blocks(id)?;
                 }
             }
@@ -230,8 +256,17 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
 /// `trainer export RUN_DIR --out FILE`.
 pub fn export(run_dir: &Path, out: &Path, dtype: WeightsDtype) -> Result<ExportSummary> {
     let run = Run::open(run_dir)?;
-    let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
-    let bytes = to_smk(&net, &run, rule, dtype)?;
+    let (net, bytes) = if run.cfg.method == MethodKind::Supsup {
+        // One mask set per finished task, named task-K as `trainer data` names their files.
+        let (mut nets, rule) = crate::supsup::load_tasks(run_dir, &candle_core::Device::Cpu)?;
+        let sets: Vec<(String, &Net)> = nets.iter().enumerate().map(|(k, n)| (format!("task-{k}"), n)).collect();
+        let bytes = to_smk_sets(&nets[0], &sets, &run, rule, dtype)?;
+        (nets.swap_remove(0), bytes)
+    } else {
+        let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
+        let bytes = to_smk(&net, &run, rule, dtype)?;
+        (net, bytes)
+    };
     smk_format::writer::write_atomic(out, &bytes).map_err(|source| Error::Io {
         path: out.to_path_buf(),
         source,

@@ -5,6 +5,7 @@
 //! - [`mask`]: binarising scores with the straight-through estimator; exact top-k.
 //! - [`config`]: methods and their defaults; [`optim`]: SGD, RMSprop and Adam with state.
 //! - [`data`]: IDX and CIFAR-10 loaders, task families; [`rng`]: the seeded generator.
+//! - [`supsup`]: a mask per task over one network, and task inference.
 //! - [`train`]: fit, eval, checkpoints and resume; [`parallel`]: data parallel over devices; [`export`]: .smk export; [`sweep`]: accuracy
 //!   against density, as a table and a plot.
 
@@ -18,6 +19,7 @@ pub mod model;
 pub mod optim;
 pub mod parallel;
 pub mod rng;
+pub mod supsup;
 pub mod sweep;
 pub mod train;
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use smk_trainer::config::{FitConfig, FrozenDtype, MethodKind, Schedule, WeightInit};
-use smk_trainer::data::DataKind;
+use smk_trainer::data::{DataKind, Split, TaskFamily};
 use smk_trainer::export::WeightsDtype;
 use smk_trainer::optim::OptimizerKind;
 use smk_trainer::train::{self, FitOptions, Run};
@@ -38,6 +38,29 @@ enum Command {
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Write each task of a family (permuted:N, rotated:N, split:N) as IDX files, so that any
+    /// tool (`runtime eval` among them) can be evaluated per task: task-K-images-idx3-ubyte.gz
+    /// and task-K-labels-idx1-ubyte.gz, K from 0.
+    Data {
+        /// The task family: permuted:N, rotated:N or split:N.
+        #[arg(long)]
+        task: String,
+        /// Data directory (default: the bundled MNIST digits).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Its format.
+        #[arg(long, value_enum, default_value = "mnist")]
+        data_kind: DataKind,
+        /// Which split.
+        #[arg(long, value_enum, default_value = "test")]
+        split: Split,
+        /// The permutations' seed: the --seed of the runs to evaluate.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a run's model and masks as one .smk file.
     Export {
@@ -89,9 +112,16 @@ struct FitArgs {
     /// Task family: permuted:N, rotated:N or split:N.
     #[arg(long)]
     task: Option<String>,
-    /// Which task of the family, from 0.
+    /// Which task of the family, from 0 (supsup trains them all).
     #[arg(long)]
     task_index: Option<usize>,
+    /// Output units, at least the data's classes (supsup: 100, the paper's superfluous
+    /// outputs that task inference relies on).
+    #[arg(long)]
+    outputs: Option<usize>,
+    /// supsup: training steps per task (default 1000; the epochs follow from it).
+    #[arg(long)]
+    batches_per_task: Option<usize>,
     /// Epochs.
     #[arg(long)]
     epochs: Option<usize>,
@@ -250,6 +280,8 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     set("data_kind", a.data_kind.as_ref().map(value));
     set("task", s(&a.task));
     set("task_index", i(a.task_index));
+    set("outputs", i(a.outputs));
+    set("batches_per_task", i(a.batches_per_task));
     set("epochs", i(a.epochs));
     set("batch_size", i(a.batch_size));
     set("lr", f(a.lr));
@@ -296,6 +328,9 @@ fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
     if let Some(d) = data {
         run.cfg.data = d;
     }
+    if run.cfg.method == MethodKind::Supsup {
+        return eval_supsup(&run, json);
+    }
     let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
     let (mut net, test, rule) = run.load_net(&device)?;
     let e = train::evaluate(&mut net, &test, rule, &device)?;
@@ -333,6 +368,44 @@ fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A SupSup run: every task with its own mask, and with the task inferred from each image.
+fn eval_supsup(run: &Run, json: bool) -> Result<()> {
+    let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
+    let r = smk_trainer::supsup::evaluate(&run.dir, None, &device)?;
+    if json {
+        let mut out = serde_json::to_value(&r).map_err(|e| Error::Config(e.to_string()))?;
+        out["schema"] = train::SCHEMA.into();
+        out["run"] = serde_json::json!(run.dir);
+        println!("{out}");
+        return Ok(());
+    }
+    let family = run.cfg.task.clone().unwrap_or_default();
+    println!("{}: supsup over {family}, {} tasks", run.dir.display(), r.tasks);
+    println!(
+        "  task given:              accuracy {:.2}% (mean over tasks)",
+        100.0 * r.task_given_accuracy
+    );
+    println!(
+        "  one-shot task inference: task right {:.2}%, accuracy {:.2}%",
+        100.0 * r.one_shot_task_accuracy,
+        100.0 * r.one_shot_accuracy
+    );
+    println!(
+        "  minimum entropy:         task right {:.2}%, accuracy {:.2}%",
+        100.0 * r.min_entropy_task_accuracy,
+        100.0 * r.min_entropy_accuracy
+    );
+    for (k, (given, right, acc)) in r.per_task.iter().enumerate() {
+        println!(
+            "    task {k}: given {:.2}%, one-shot task right {:.2}%, accuracy {:.2}%",
+            100.0 * given,
+            100.0 * right,
+            100.0 * acc
+        );
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Fit(a) => {
@@ -355,8 +428,18 @@ fn run() -> Result<()> {
                 stop_after: None,
                 profile: a.profile,
             };
+            let supsup = cfg.method == MethodKind::Supsup
+                || (a.resume && Run::open(&a.out).is_ok_and(|r| r.cfg.method == MethodKind::Supsup));
             let m = train::fit(&a.out, cfg, opts)?;
-            if let Some(last) = m.last() {
+            if supsup {
+                let mean = m.iter().map(|t| t.test_accuracy).sum::<f64>() / m.len().max(1) as f64;
+                println!(
+                    "{}: {} tasks, mean test accuracy {:.2}% (task given); `trainer eval` infers the tasks",
+                    a.out.display(),
+                    m.len(),
+                    100.0 * mean
+                );
+            } else if let Some(last) = m.last() {
                 println!(
                     "{}: test accuracy {:.2}% after {} epochs, weights kept {:.3}",
                     a.out.display(),
@@ -393,6 +476,28 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Eval { run, data, json } => eval(&run, data, json),
+        Command::Data {
+            task,
+            data,
+            data_kind,
+            split,
+            seed,
+            out,
+        } => {
+            let family: TaskFamily = task.parse().map_err(Error::Config)?;
+            let dir = data.unwrap_or_else(smk_trainer::data::default_data_dir);
+            let ds = smk_trainer::data::load(data_kind, &dir, split)?;
+            let counts = smk_trainer::data::write_tasks(&family, &ds, seed, &out)?;
+            let sizes: Vec<String> = counts.iter().map(usize::to_string).collect();
+            println!(
+                "{}: {} tasks of {family}, {} split; examples per task: {}",
+                out.display(),
+                counts.len(),
+                if split == Split::Train { "train" } else { "test" },
+                sizes.join(", ")
+            );
+            Ok(())
+        }
         Command::Export {
             run,
             out,

@@ -102,7 +102,7 @@ impl MaskedLayer {
         Ok(w.broadcast_mul(&m)?)
     }
 
-    fn to_weight_shape(&self, m: Tensor) -> Result<Tensor> {
+    pub(crate) fn to_weight_shape(&self, m: Tensor) -> Result<Tensor> {
         let (rows, cols) = self.matrix();
         let m = match self.block {
             Some(b) => expand_blocks(&m, b, rows, cols)?,
@@ -309,7 +309,7 @@ impl LayerPlan<'_> {
             let mut rng = Rng::new(cfg.seed, stream::SCORES + index as u64);
             let values: Vec<f32> = match cfg.method {
                 // kaiming_uniform_(a=√5): bound 1/√fan_in, as edge-popup initialises scores.
-                MethodKind::EdgePopup | MethodKind::Block => {
+                MethodKind::EdgePopup | MethodKind::Block | MethodKind::Supsup => {
                     let bound = 1.0 / (cols as f32).sqrt();
                     (0..n).map(|_| rng.symmetric(bound)).collect()
                 }
@@ -583,7 +583,7 @@ impl Net {
     }
 
     /// `(x − mean) / std` per channel.
-    fn normalized(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn normalized(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.normalize.len();
         let dev = x.device();
         let mean = Tensor::from_vec(

@@ -92,8 +92,8 @@ pub fn load_split(cfg: &FitConfig, split: Split) -> Result<Dataset> {
 }
 /// Output units of a model for `ds`: at least 10, so that models for the tasks of a split
 /// (whose labels are renumbered from 0) share one head shape and transfer between tasks.
-pub fn outputs(ds: &Dataset) -> usize {
-    ds.classes.max(10)
+pub fn outputs(cfg: &FitConfig, ds: &Dataset) -> usize {
+    ds.classes.max(10).max(cfg.outputs.unwrap_or(0))
 }
 
 /// Loads `--init-from`: a safetensors file, or a run directory's checkpoint.
@@ -140,6 +140,11 @@ pub fn rule_at(cfg: &FitConfig, epoch: usize, progress: f64) -> Binarize {
             abs: false,
         },
         MethodKind::MovementSoft => Binarize::Sigmoid(cfg.threshold_at(epoch, progress)),
+        MethodKind::Supsup if cfg.keep >= 1.0 => Binarize::Threshold(0.0),
+        MethodKind::Supsup => Binarize::TopK {
+            keep: cfg.keep,
+            abs: true,
+        },
     }
 }
 
@@ -254,9 +259,9 @@ impl Run {
         let file = self.dir.join(CHECKPOINT);
         let tensors = candle_core::safetensors::load(&file, device)
             .map_err(|e| Error::data(&file, format!("cannot read checkpoint: {e}")))?;
-        let mut net = Net::build(&self.cfg, test.shape, outputs(&test), Some(&tensors), device)?;
+        let mut net = Net::build(&self.cfg, test.shape, outputs(&self.cfg, &test), Some(&tensors), device)?;
         net.load(&tensors)?;
-        restore_seeded(&mut net, &self.cfg, test.shape, outputs(&test))?;
+        restore_seeded(&mut net, &self.cfg, test.shape, outputs(&self.cfg, &test))?;
         let epochs = checkpoint_epoch(&tensors, &file)?;
         Ok((net, test, rule_at(&self.cfg, epochs, 0.0)))
     }
@@ -379,8 +384,23 @@ struct Replica {
     device: Device,
 }
 
-/// Trains a run in `dir` (or continues it), returning every epoch's metrics.
+/// Trains a run in `dir` (or continues it), returning every epoch's metrics (for SupSup, one
+/// line per task: [`crate::supsup`]).
 pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetrics>> {
+    let supsup = if opts.resume {
+        Run::open(dir).is_ok_and(|r| r.cfg.method == MethodKind::Supsup)
+    } else {
+        cfg.method == MethodKind::Supsup
+    };
+    if supsup {
+        crate::supsup::fit_tasks(dir, cfg, opts)
+    } else {
+        fit_one(dir, cfg, opts)
+    }
+}
+
+/// Trains one run (one task) in `dir`, or continues it.
+pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetrics>> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
@@ -442,7 +462,7 @@ pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetr
     let mut replicas = Vec::with_capacity(devices.len());
     for dev in &devices {
         // Built from the same seed (or file) on every device: the same initial replica.
-        let mut net = Net::build(&cfg, train.shape, outputs(&train), init.as_ref(), dev)?;
+        let mut net = Net::build(&cfg, train.shape, outputs(&cfg, &train), init.as_ref(), dev)?;
         let mut opt = Optimizer::new(cfg.optimizer, hyper, net.vars());
         if opts.resume {
             let saved =

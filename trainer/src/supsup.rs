@@ -1,0 +1,483 @@
+//! SupSup (Wortsman et al., 2020): one frozen seeded network, one learned mask per task, and
+//! the network telling which task an input belongs to.
+//!
+//! A SupSup run directory holds the family's `config.toml`, a `metrics.jsonl` line per finished
+//! task, and one ordinary run per task (`task-K/`, same seed, so the same frozen weights), each
+//! with its own checkpoint: tasks train one after another, and an interrupted run resumes at
+//! the task and epoch it reached.
+//!
+//! Task inference evaluates the mixture of every task's mask, `W ⊙ Σ_k α_k M_k` at `α_k = 1/T`.
+//! The one-shot rule picks the task whose `α_k` most lowers the output entropy, the argmin of
+//! `∂H/∂α_k`. That derivative is computed directly, by forward-mode differentiation: each
+//! layer's output is linear in its weights, so the tangent of a product layer along `α_k` is
+//! `(W ⊙ M_k)·h + W_mix·ḣ_k`, ReLU passes it where its input is positive, and at the logits
+//! `∂H/∂z = −p ⊙ (log p + H)`. One forward pass per task, batched over images, each image's
+//! answer its own.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, D};
+
+use crate::config::FitConfig;
+use crate::data::{Split, TaskFamily};
+use crate::error::{Error, Result};
+use crate::mask::{hard_mask, Binarize};
+use crate::model::{Net, Node};
+use crate::train::{self, load_split, EpochMetrics, FitOptions, Run};
+
+/// The sub-run of task `k`.
+pub fn task_dir(dir: &Path, k: usize) -> std::path::PathBuf {
+    dir.join(format!("task-{k}"))
+}
+
+/// The family of a SupSup configuration.
+pub fn family(cfg: &FitConfig) -> Result<TaskFamily> {
+    cfg.task
+        .as_deref()
+        .ok_or_else(|| Error::Config("supsup needs --task".into()))?
+        .parse()
+        .map_err(Error::Config)
+}
+
+/// Task `k`'s own configuration: its data, and the epochs that make `batches_per_task` steps.
+fn task_config(cfg: &FitConfig, k: usize) -> Result<FitConfig> {
+    let mut sub = FitConfig {
+        task_index: k,
+        ..cfg.clone()
+    };
+    let n = load_split(&sub, Split::Train)?.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size).max(1);
+    sub.epochs = ((cfg.batches_per_task as f64 / steps_per_epoch as f64).round() as usize).max(1);
+    Ok(sub)
+}
+
+/// Trains every task of the family in turn (or continues), one metrics line per task.
+pub fn fit_tasks(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetrics>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let config_path = dir.join("config.toml");
+    let cfg = if opts.resume {
+        Run::open(dir)?.cfg
+    } else {
+        if config_path.exists() {
+            return Err(Error::Config(format!(
+                "{} already holds a run: pass --resume to continue it, or choose another --out",
+                dir.display()
+            )));
+        }
+        cfg
+    };
+    cfg.validate()?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let text = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
+    smk_format::writer::write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;
+    let tasks = family(&cfg)?.count();
+    let mut lines = Vec::with_capacity(tasks);
+    for k in 0..tasks {
+        if opts.stop_after.is_some_and(|s| k >= s) {
+            break;
+        }
+        let sub = task_config(&cfg, k)?;
+        let sub_dir = task_dir(dir, k);
+        let done = sub_dir.join("config.toml").exists() && Run::open(&sub_dir)?.metrics()?.len() >= sub.epochs;
+        let history = if done {
+            Run::open(&sub_dir)?.metrics()?
+        } else {
+            let resume = sub_dir.join("checkpoint.safetensors").exists();
+            let sub_opts = FitOptions {
+                resume,
+                stop_after: None,
+                ..opts
+            };
+            train::fit_one(&sub_dir, sub, sub_opts)?
+        };
+        let last = history
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::data(&sub_dir, "a finished task without metrics"))?;
+        if !opts.quiet {
+            eprintln!(
+                "task {}/{tasks}: test accuracy {:.2}% (task given), mask keeps {:.3}",
+                k + 1,
+                100.0 * last.test_accuracy,
+                last.overall_density
+            );
+        }
+        lines.push(EpochMetrics { epoch: k + 1, ..last });
+    }
+    let text: String = lines
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap_or_default() + "\n")
+        .collect();
+    let metrics = dir.join("metrics.jsonl");
+    smk_format::writer::write_atomic(&metrics, text.as_bytes()).map_err(io(&metrics))?;
+    Ok(lines)
+}
+
+/// Every finished task's network (the same frozen weights, each with its own scores), on
+/// `device`, with the rule its masks were trained under.
+pub fn load_tasks(dir: &Path, device: &Device) -> Result<(Vec<Net>, Binarize)> {
+    let run = Run::open(dir)?;
+    let tasks = family(&run.cfg)?.count();
+    let mut nets = Vec::with_capacity(tasks);
+    let mut rule = train::rule_at(&run.cfg, 0, 0.0);
+    for k in 0..tasks {
+        let sub = task_dir(dir, k);
+        if !sub.join("checkpoint.safetensors").exists() {
+            break;
+        }
+        let (net, _, r) = Run::open(&sub)?.load_net(device)?;
+        rule = r;
+        nets.push(net);
+    }
+    if nets.is_empty() {
+        return Err(Error::data(dir, "no task has finished training yet"));
+    }
+    Ok((nets, rule))
+}
+
+/// How task inference chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inference {
+    /// The argmin of `∂H/∂α_k` at `α = 1/T`, from one image.
+    OneShot,
+    /// The task whose mask alone gives the lowest output entropy (the baseline).
+    MinEntropy,
+}
+
+/// Per image of `x` (`[N, C, H, W]`, pixels in [0, 1]): the inferred task and its score (lower
+/// is more confident: the entropy gradient, or the entropy).
+pub fn infer_tasks(nets: &[Net], rule: Binarize, x: &Tensor, how: Inference) -> Result<Vec<(usize, f32)>> {
+    let scores = match how {
+        Inference::OneShot => entropy_gradients(nets, rule, x)?,
+        Inference::MinEntropy => {
+            let hs: Vec<Tensor> = nets
+                .iter()
+                .map(|n| entropy(&forward(n, &masked_weights(n, rule)?, x)?))
+                .collect::<Result<_>>()?;
+            Tensor::stack(&hs, 1)?
+        }
+    };
+    let best: Vec<u32> = scores.argmin(D::Minus1)?.to_vec1()?;
+    let rows: Vec<Vec<f32>> = scores.to_vec2()?;
+    Ok(best
+        .into_iter()
+        .zip(rows)
+        .map(|(k, r)| (k as usize, r[k as usize]))
+        .collect())
+}
+
+/// The weights each product layer uses under the task's mask, `W ⊙ M`, in layer order.
+fn masked_weights(net: &Net, rule: Binarize) -> Result<Vec<Tensor>> {
+    net.layers
+        .iter()
+        .map(|l| {
+            let w = l.weight_f32()?;
+            match &l.scores {
+                Some(s) => Ok(w.broadcast_mul(&l.to_weight_shape(hard_mask(s.as_tensor(), rule)?)?)?),
+                None => Ok(w),
+            }
+        })
+        .collect()
+}
+
+/// Logits of the net with these product weights (inference: norms use running statistics).
+fn forward(net: &Net, weights: &[Tensor], x: &Tensor) -> Result<Tensor> {
+    Ok(forward_tangents(net, weights, &[], x)?.0)
+}
+
+/// Logits with the product weights `mix`, and their tangents along each of `dirs` (the
+/// product weights of one task each): `Σ` over product layers of the tangent rule above.
+fn forward_tangents(net: &Net, mix: &[Tensor], dirs: &[Vec<Tensor>], x: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    let x = net.normalized(x)?;
+    let mut outs: Vec<(Tensor, Option<Vec<Tensor>>)> = Vec::with_capacity(net.nodes.len());
+    for i in 0..net.nodes.len() {
+        let (h, dh) = match net.inputs[i] {
+            Some(j) => (outs[j].0.clone(), outs[j].1.clone()),
+            None if i == 0 => (x.clone(), None),
+            None => (outs[i - 1].0.clone(), outs[i - 1].1.clone()),
+        };
+        let product = |w: &Tensor, v: &Tensor, node: &Node| -> Result<Tensor> {
+            Ok(match *node {
+                Node::Linear(_) => v.matmul(&w.t()?)?,
+                Node::Conv { stride, padding, .. } => v.conv2d(w, padding, stride, 1, 1)?,
+                _ => unreachable!("products only"),
+            })
+        };
+        let node = &net.nodes[i];
+        let out = match *node {
+            Node::Flatten => (h.flatten_from(1)?, map(dh, |t| Ok(t.flatten_from(1)?))?),
+            Node::Linear(l) | Node::Conv { layer: l, .. } => {
+                let z = product(&mix[l], &h, node)?;
+                let dz = if dirs.is_empty() {
+                    None
+                } else {
+                    let mut ts = Vec::with_capacity(dirs.len());
+                    for (k, d) in dirs.iter().enumerate() {
+                        // Only masked layers move with α; an unmasked one has no `W ⊙ M_k` term.
+                        let own = if net.layers[l].scores.is_some() {
+                            Some(product(&d[l], &h, node)?)
+                        } else {
+                            None
+                        };
+                        let carried = match &dh {
+                            Some(v) => Some(product(&mix[l], &v[k], node)?),
+                            None => None,
+                        };
+                        ts.push(match (own, carried) {
+                            (Some(a), Some(b)) => (a + b)?,
+                            (Some(a), None) | (None, Some(a)) => a,
+                            (None, None) => z.zeros_like()?,
+                        });
+                    }
+                    Some(ts)
+                };
+                (z, dz)
+            }
+            Node::Relu => {
+                let gate = h.gt(0f64)?.to_dtype(h.dtype())?;
+                (h.relu()?, map(dh, |t| Ok((t * &gate)?))?)
+            }
+            Node::AvgPool(k) => (h.avg_pool2d(k)?, map(dh, |t| Ok(t.avg_pool2d(k)?))?),
+            Node::Add(a, b) => {
+                let sum = (&outs[a].0 + &outs[b].0)?;
+                let d = match (&outs[a].1, &outs[b].1) {
+                    (Some(p), Some(q)) => Some(p.iter().zip(q).map(|(p, q)| Ok((p + q)?)).collect::<Result<_>>()?),
+                    (Some(p), None) | (None, Some(p)) => Some(p.clone()),
+                    (None, None) => None,
+                };
+                (sum, d)
+            }
+            Node::MaxPool(_) | Node::Norm(_) => {
+                return Err(Error::Config(
+                    "task inference handles linear, conv, ReLU, average-pool and add layers; this model has max pooling or norms".into(),
+                ))
+            }
+        };
+        outs.push(out);
+    }
+    let (z, dz) = outs.pop().ok_or_else(|| Error::Config("empty network".into()))?;
+    let dz = match dz {
+        Some(d) => d,
+        None => dirs
+            .iter()
+            .map(|_| z.zeros_like())
+            .collect::<candle_core::Result<_>>()?,
+    };
+    Ok((z, dz))
+}
+
+fn map(v: Option<Vec<Tensor>>, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Option<Vec<Tensor>>> {
+    v.map(|ts| ts.iter().map(&f).collect()).transpose()
+}
+
+/// Entropy of softmax(z) per row.
+fn entropy(z: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(z, D::Minus1)?;
+    Ok((logp.exp()? * &logp)?.sum(D::Minus1)?.neg()?)
+}
+
+/// `[N, T]`: `∂H/∂α_k` per image at `α = 1/T`.
+fn entropy_gradients(nets: &[Net], rule: Binarize, x: &Tensor) -> Result<Tensor> {
+    let t = nets.len();
+    let per_task: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule)).collect::<Result<_>>()?;
+    let layers = per_task[0].len();
+    let mut mix = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let mut sum = per_task[0][l].clone();
+        for w in &per_task[1..] {
+            sum = (sum + &w[l])?;
+        }
+        mix.push((sum / t as f64)?);
+    }
+    let (z, dz) = forward_tangents(&nets[0], &mix, &per_task, x)?;
+    let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
+    let p = logp.exp()?;
+    let h = (&p * &logp)?.sum_keepdim(D::Minus1)?.neg()?;
+    // ∂H/∂z_j = −p_j (log p_j + H)
+    let dh_dz = (p * logp.broadcast_add(&h)?)?.neg()?;
+    let cols: Vec<Tensor> = dz
+        .iter()
+        .map(|d| Ok((&dh_dz * d)?.sum(D::Minus1)?))
+        .collect::<Result<_>>()?;
+    Ok(Tensor::stack(&cols, 1)?)
+}
+
+/// Task-given and task-inferred results on every task's test split.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// Tasks evaluated.
+    pub tasks: usize,
+    /// Mean test accuracy with each image's own task's mask.
+    pub task_given_accuracy: f64,
+    /// Fraction of test images whose task the one-shot rule names.
+    pub one_shot_task_accuracy: f64,
+    /// Test accuracy with the mask of the one-shot rule's task.
+    pub one_shot_accuracy: f64,
+    /// The same two for the minimum-entropy baseline.
+    pub min_entropy_task_accuracy: f64,
+    /// Test accuracy with the minimum-entropy task's mask.
+    pub min_entropy_accuracy: f64,
+    /// Per task: (task given, one-shot task right, one-shot accuracy).
+    pub per_task: Vec<(f64, f64, f64)>,
+}
+
+/// Evaluates a SupSup run: each task's test split with its own mask, and with the tasks the
+/// one-shot rule and the minimum-entropy rule infer from each image alone. `limit` caps the
+/// images per task.
+pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Report> {
+    let run = Run::open(dir)?;
+    let (nets, rule) = load_tasks(dir, device)?;
+    let t = nets.len();
+    let weights: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule)).collect::<Result<_>>()?;
+    let (mut given, mut shot_task, mut shot_acc, mut ent_task, mut ent_acc, mut images) = (0.0, 0.0, 0.0, 0.0, 0.0, 0);
+    let mut per_task = Vec::with_capacity(t);
+    for k in 0..t {
+        let test = load_split(
+            &FitConfig {
+                task_index: k,
+                ..run.cfg.clone()
+            },
+            Split::Test,
+        )?;
+        let n = limit.unwrap_or(usize::MAX).min(test.len());
+        let (mut g, mut st, mut sa) = (0usize, 0usize, 0usize);
+        for start in (0..n).step_by(500) {
+            let idx: Vec<usize> = (start..(start + 500).min(n)).collect();
+            let (x, y) = train::batch(&test, &idx, device)?;
+            let labels: Vec<u32> = y.to_vec1()?;
+            // Predictions under every task's mask: [T][N].
+            let preds: Vec<Vec<u32>> = weights
+                .iter()
+                .map(|w| Ok(forward(&nets[0], w, &x)?.argmax(D::Minus1)?.to_vec1()?))
+                .collect::<Result<_>>()?;
+            let shot = infer_tasks(&nets, rule, &x, Inference::OneShot)?;
+            let ent = infer_tasks(&nets, rule, &x, Inference::MinEntropy)?;
+            for (b, &label) in labels.iter().enumerate() {
+                g += (preds[k][b] == label) as usize;
+                st += (shot[b].0 == k) as usize;
+                sa += (preds[shot[b].0][b] == label) as usize;
+                ent_task += (ent[b].0 == k) as usize as f64;
+                ent_acc += (preds[ent[b].0][b] == label) as usize as f64;
+            }
+        }
+        images += n;
+        given += g as f64 / n as f64;
+        shot_task += st as f64;
+        shot_acc += sa as f64;
+        per_task.push((g as f64 / n as f64, st as f64 / n as f64, sa as f64 / n as f64));
+    }
+    let images = images.max(1) as f64;
+    Ok(Report {
+        tasks: t,
+        task_given_accuracy: given / t as f64,
+        one_shot_task_accuracy: shot_task / images,
+        one_shot_accuracy: shot_acc / images,
+        min_entropy_task_accuracy: ent_task / images,
+        min_entropy_accuracy: ent_acc / images,
+        per_task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MethodKind;
+    use crate::model::Net;
+    use crate::rng::Rng;
+
+    /// Three "tasks" over one seeded LeNet-300-100: the same frozen weights, random scores.
+    fn tasks(seed: u64) -> (Vec<Net>, Binarize) {
+        let cfg = FitConfig {
+            outputs: Some(10),
+            ..FitConfig::defaults(MethodKind::Supsup)
+        };
+        let nets = (0..3)
+            .map(|k| {
+                let net = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
+                let mut rng = Rng::new(seed + k, 9);
+                for l in &net.layers {
+                    let s = l.scores.as_ref().unwrap();
+                    let v: Vec<f32> = (0..s.elem_count()).map(|_| rng.symmetric(1.0)).collect();
+                    s.set(&Tensor::from_vec(v, s.shape(), &Device::Cpu).unwrap()).unwrap();
+                }
+                net
+            })
+            .collect();
+        (nets, Binarize::Threshold(0.0))
+    }
+
+    fn images(n: usize, seed: u64) -> Tensor {
+        let mut rng = Rng::new(seed, 3);
+        let v: Vec<f32> = (0..n * 784).map(|_| rng.symmetric(0.5) + 0.5).collect();
+        Tensor::from_vec(v, (n, 1, 28, 28), &Device::Cpu).unwrap()
+    }
+
+    /// H at mixture weights `alpha`, per image.
+    fn entropy_at(nets: &[Net], rule: Binarize, alpha: &[f64], x: &Tensor) -> Vec<f64> {
+        let per: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule).unwrap()).collect();
+        let mix: Vec<Tensor> = (0..per[0].len())
+            .map(|l| {
+                let mut s = (&per[0][l] * alpha[0]).unwrap();
+                for (k, w) in per.iter().enumerate().skip(1) {
+                    s = (s + (&w[l] * alpha[k]).unwrap()).unwrap();
+                }
+                s
+            })
+            .collect();
+        let h = entropy(&forward(&nets[0], &mix, x).unwrap()).unwrap();
+        h.to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn the_one_shot_gradient_is_the_derivative_of_the_entropy() {
+        let (nets, rule) = tasks(1);
+        let x = images(4, 2);
+        let g: Vec<Vec<f32>> = entropy_gradients(&nets, rule, &x).unwrap().to_vec2().unwrap();
+        // Small enough that few ReLUs change sides, large enough for f32 entropies.
+        let eps = 2e-3;
+        for k in 0..3 {
+            let mut up = vec![1.0 / 3.0; 3];
+            let mut down = up.clone();
+            up[k] += eps;
+            down[k] -= eps;
+            let (hu, hd) = (entropy_at(&nets, rule, &up, &x), entropy_at(&nets, rule, &down, &x));
+            for b in 0..4 {
+                let numeric = (hu[b] - hd[b]) / (2.0 * eps);
+                let analytic = g[b][k] as f64;
+                assert!(
+                    (numeric - analytic).abs() <= 1e-2 * numeric.abs().max(1e-2),
+                    "image {b} task {k}: forward mode {analytic}, central difference {numeric}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn inference_is_per_image_and_min_entropy_is_the_minimum() {
+        let (nets, rule) = tasks(5);
+        let x = images(6, 7);
+        let all = infer_tasks(&nets, rule, &x, Inference::OneShot).unwrap();
+        for (b, batched) in all.iter().enumerate() {
+            let one = infer_tasks(&nets, rule, &x.narrow(0, b, 1).unwrap(), Inference::OneShot).unwrap();
+            assert_eq!(one[0].0, batched.0, "image {b}: alone and in a batch");
+        }
+        let ent = infer_tasks(&nets, rule, &x, Inference::MinEntropy).unwrap();
+        for (b, &(k, h)) in ent.iter().enumerate() {
+            let hs: Vec<f64> = (0..3)
+                .map(|t| {
+                    let mut a = vec![0.0; 3];
+                    a[t] = 1.0;
+                    entropy_at(&nets, rule, &a, &x)[b]
+                })
+                .collect();
+            let min = hs.iter().cloned().fold(f64::INFINITY, f64::min);
+            assert!(
+                (hs[k] - min).abs() < 1e-6 && (h as f64 - min).abs() < 1e-4,
+                "image {b}: {hs:?} vs {k}"
+            );
+        }
+    }
+}
