@@ -72,6 +72,11 @@ pub enum Error {
         /// The layer.
         layer: u32,
     },
+    /// Task inference cannot run on this model.
+    TaskInference {
+        /// Why (a static phrase: no allocation).
+        why: &'static str,
+    },
 }
 
 impl core::fmt::Display for Error {
@@ -103,6 +108,7 @@ impl core::fmt::Display for Error {
             Error::OutputLength { expected, got } => {
                 write!(f, "output holds {got} values; the plan writes {expected}")
             }
+            Error::TaskInference { why } => write!(f, "task inference: {why}"),
             Error::Inconsistent { layer } => {
                 write!(
                     f,

@@ -4,7 +4,8 @@
 //! [`Plan::new`] decides buffers and kernels and says how much scratch a batch needs, and
 //! [`Plan::infer`] runs in that scratch. Kernels exist for every weight kind (f32, f16, bf16,
 //! seeded) and mask kind (none, per element, per block), in portable code and with AVX2,
-//! AVX-512 and NEON; block masks touch only the kept blocks.
+//! AVX-512 and NEON; block masks touch only the kept blocks. For files with a mask set per task,
+//! [`TaskPlan`] infers an input's task (SupSup's one-shot rule, or minimum entropy).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,6 +31,7 @@ mod plan;
 #[cfg(feature = "std")]
 mod session;
 mod simd;
+mod tasks;
 
 pub use error::Error;
 pub use isa::Isa;
@@ -37,3 +39,4 @@ pub use plan::{Plan, MAX_LAYERS, MAX_LIVE};
 #[cfg(feature = "std")]
 pub use session::{Runner, Session};
 pub use smk_format::Model;
+pub use tasks::{TaskGuess, TaskPlan, TaskRule, MAX_TASKS};

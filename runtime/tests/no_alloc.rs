@@ -70,3 +70,36 @@ fn infer_allocates_nothing() {
         }
     }
 }
+
+#[test]
+fn task_inference_allocates_nothing() {
+    use smk_format::writer::{MaskSpec, ModelBuilder, TensorSpec};
+    use smk_runtime::{TaskGuess, TaskPlan, TaskRule};
+    let mut b = ModelBuilder::new(&[20]).unwrap();
+    let fc1 = b
+        .linear("fc1", TensorSpec::f32("w1", &[9, 20], inputs(1, 180)).unwrap(), None)
+        .unwrap();
+    b.relu("r").unwrap();
+    b.linear("fc2", TensorSpec::f32("w2", &[5, 9], inputs(2, 45)).unwrap(), None)
+        .unwrap();
+    b.op("softmax", smk_format::Op::Softmax).unwrap();
+    for k in 0..4u64 {
+        let s = b.mask_set(&format!("t{k}")).unwrap();
+        let bits: Vec<bool> = (0..180).map(|i| (i * 7 + k * 3) % 5 < 3).collect();
+        b.set_mask(s, fc1, MaskSpec::element_bools(&bits)).unwrap();
+    }
+    let bytes = b.to_bytes().unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let x = inputs(3, 3 * 20);
+    for rule in [TaskRule::OneShot, TaskRule::MinEntropy] {
+        let plan = TaskPlan::new(&model, rule).unwrap();
+        let mut scratch = vec![0u8; plan.scratch_bytes()];
+        let mut g = [TaskGuess {
+            task: 0,
+            confidence: 0.0,
+            score: 0.0,
+        }; 3];
+        let n = allocations_in(|| plan.infer_tasks(&mut scratch, &x, &mut g).unwrap());
+        assert_eq!(n, 0, "{rule:?} allocated {n} times");
+    }
+}

@@ -89,7 +89,8 @@ pub(crate) unsafe trait Lanes: Copy {
 
 /// The generator's inputs for the draws at counters `first + i·stride`: `(z0, step)` with
 /// `draw(key, first + i·stride) = mix64(z0 + i·step)` (wrapping), so that vector lanes walk a
-/// progression by additions alone.
+/// progression by additions alone. (The x86 kernels are its users.)
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn draw_progression(key: u64, first: u64, stride: u64) -> (u64, u64) {
     use smk_format::seeded::GOLDEN;
