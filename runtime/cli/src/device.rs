@@ -2,8 +2,25 @@
 //! was built with `--features cuda`, behind one small interface.
 
 use smk_format::Model;
-use smk_runtime::Runner;
+use smk_runtime::{Isa, Runner, Session, TaskGuess, TaskPlan, TaskRule};
 use std::path::Path;
+
+/// Task inference in front of one batch-1 runner per task.
+pub struct Auto<'s> {
+    plan: TaskPlan<'s>,
+    runners: Vec<Runner<'s>>,
+    scratch: Vec<u8>,
+    threshold: f32,
+    /// The guesses of the last batch.
+    pub guesses: Vec<TaskGuess>,
+}
+
+impl Auto<'_> {
+    /// Whether guess `g` clears the confidence threshold.
+    pub fn known(&self, g: &TaskGuess) -> bool {
+        g.confidence >= self.threshold
+    }
+}
 
 /// Where a model runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,6 +54,8 @@ impl Device {
 /// A model ready to run batches of a fixed size.
 pub enum Engine<'s> {
     Cpu(Box<Runner<'s>>),
+    /// `--task auto`: each input's task inferred, then that task's mask applied.
+    Auto(Box<Auto<'s>>),
     #[cfg(feature = "cuda")]
     Gpu {
         model: smk_runtime_cuda::GpuModel,
@@ -70,6 +89,39 @@ impl<'s> Engine<'s> {
         })
     }
 
+    /// `--task auto` over every task of `model`.
+    pub fn auto(
+        session: &'s Session,
+        model: &Model<'s>,
+        rule: TaskRule,
+        threshold: f32,
+        isa: Option<Isa>,
+    ) -> Result<Self, String> {
+        let mut plan = TaskPlan::new(model, rule).map_err(|e| e.to_string())?;
+        if let Some(isa) = isa {
+            plan = plan.with_isa(isa).map_err(|e| e.to_string())?;
+        }
+        let runners = (0..plan.tasks() as u32)
+            .map(|k| session.runner(1, Some(k), isa).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scratch = vec![0u8; plan.scratch_bytes()];
+        Ok(Engine::Auto(Box::new(Auto {
+            plan,
+            runners,
+            scratch,
+            threshold,
+            guesses: Vec::new(),
+        })))
+    }
+
+    /// The task inference of the last batch, under `--task auto`.
+    pub fn auto_state(&self) -> Option<&Auto<'s>> {
+        match self {
+            Engine::Auto(a) => Some(a),
+            _ => None,
+        }
+    }
+
     #[cfg(not(feature = "cuda"))]
     pub fn gpu(_: &Model<'_>, _: Option<u32>, _: usize, _: usize, _: &Path) -> Result<Self, String> {
         Err("this runtime was built without CUDA".into())
@@ -79,6 +131,7 @@ impl<'s> Engine<'s> {
     pub fn input_len(&self) -> usize {
         match self {
             Engine::Cpu(r) => r.plan().input_len(),
+            Engine::Auto(a) => a.plan.input_len(),
             #[cfg(feature = "cuda")]
             Engine::Gpu { model, .. } => model.input_len(),
         }
@@ -88,6 +141,7 @@ impl<'s> Engine<'s> {
     pub fn output_len(&self) -> usize {
         match self {
             Engine::Cpu(r) => r.plan().output_len(),
+            Engine::Auto(a) => a.runners[0].plan().output_len(),
             #[cfg(feature = "cuda")]
             Engine::Gpu { model, .. } => model.output_len(),
         }
@@ -97,6 +151,7 @@ impl<'s> Engine<'s> {
     pub fn task(&self) -> Option<u32> {
         match self {
             Engine::Cpu(r) => r.plan().task(),
+            Engine::Auto(_) => None,
             #[cfg(feature = "cuda")]
             Engine::Gpu { task, .. } => *task,
         }
@@ -106,6 +161,7 @@ impl<'s> Engine<'s> {
     pub fn isa_name(&self) -> Option<&'static str> {
         match self {
             Engine::Cpu(r) => Some(r.plan().isa().name()),
+            Engine::Auto(a) => Some(a.runners[0].plan().isa().name()),
             #[cfg(feature = "cuda")]
             Engine::Gpu { .. } => None,
         }
@@ -114,7 +170,7 @@ impl<'s> Engine<'s> {
     /// `cpu` or `cuda:N`.
     pub fn device(&self) -> String {
         match self {
-            Engine::Cpu(_) => "cpu".into(),
+            Engine::Cpu(_) | Engine::Auto(_) => "cpu".into(),
             #[cfg(feature = "cuda")]
             Engine::Gpu { ordinal, .. } => format!("cuda:{ordinal}"),
         }
@@ -124,6 +180,7 @@ impl<'s> Engine<'s> {
     pub fn describe(&self) -> String {
         match self {
             Engine::Cpu(r) => format!("{}, one thread", r.plan().isa()),
+            Engine::Auto(a) => format!("{}, one thread, tasks inferred", a.runners[0].plan().isa()),
             #[cfg(feature = "cuda")]
             Engine::Gpu { ordinal, .. } => format!("GPU cuda:{ordinal}"),
         }
@@ -133,6 +190,29 @@ impl<'s> Engine<'s> {
     pub fn infer(&mut self, x: &[f32], y: &mut [f32]) -> Result<(), String> {
         match self {
             Engine::Cpu(r) => r.infer(x, y).map_err(|e| e.to_string()),
+            Engine::Auto(a) => {
+                let (inl, outl) = (a.plan.input_len(), a.runners[0].plan().output_len());
+                let n = x.len() / inl.max(1);
+                a.guesses.clear();
+                a.guesses.resize(
+                    n,
+                    TaskGuess {
+                        task: 0,
+                        confidence: 0.0,
+                        score: 0.0,
+                    },
+                );
+                a.plan
+                    .infer_tasks(&mut a.scratch, x, &mut a.guesses)
+                    .map_err(|e| e.to_string())?;
+                for (b, g) in a.guesses.iter().enumerate() {
+                    let runner = &mut a.runners[g.task as usize];
+                    runner
+                        .infer(&x[b * inl..(b + 1) * inl], &mut y[b * outl..(b + 1) * outl])
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
             #[cfg(feature = "cuda")]
             Engine::Gpu { model, batch, .. } => {
                 let out = model.infer(x, *batch).map_err(|e| e.to_string())?;

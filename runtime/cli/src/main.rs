@@ -56,8 +56,17 @@ enum Command {
 #[derive(Args)]
 struct Common {
     /// The mask set (task) to apply, by name or number; needed when the file has several.
+    /// `auto`: the network infers each input's task (SupSup), see --task-rule.
     #[arg(long)]
     task: Option<String>,
+    /// How `--task auto` chooses: one-shot (the entropy gradient of the mixture of every
+    /// task's mask; chains of linear layers) or min-entropy (each task's own output; any model).
+    #[arg(long, value_enum, default_value = "one-shot")]
+    task_rule: TaskRuleArg,
+    /// `--task auto`: below this confidence (1/tasks = no idea, 1 = certain) the task is
+    /// "unknown" and the input is not classified.
+    #[arg(long, default_value_t = 0.0)]
+    task_threshold: f32,
     /// Instruction set: auto, scalar, avx2, avx512 or neon.
     #[arg(long, default_value = "auto")]
     isa: String,
@@ -68,6 +77,12 @@ struct Common {
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TaskRuleArg {
+    OneShot,
+    MinEntropy,
 }
 
 #[derive(Args)]
@@ -170,6 +185,17 @@ pub fn resolve_task(model: &Model<'_>, task: Option<&str>, path: &Path) -> Resul
 fn engine<'s>(session: &'s Session, c: &Common, batch: usize) -> Result<device::Engine<'s>, String> {
     let path = session.path();
     let model = session.model().map_err(|e| format!("{}: {e}", path.display()))?;
+    if c.task.as_deref() == Some("auto") {
+        if device::Device::parse(&c.device)? != device::Device::Cpu {
+            return Err("--task auto runs on the CPU: leave out --device".into());
+        }
+        let rule = match c.task_rule {
+            TaskRuleArg::OneShot => smk_runtime::TaskRule::OneShot,
+            TaskRuleArg::MinEntropy => smk_runtime::TaskRule::MinEntropy,
+        };
+        return device::Engine::auto(session, &model, rule, c.task_threshold, parse_isa(&c.isa)?)
+            .map_err(|e| format!("{}: {e}", path.display()));
+    }
     let task = resolve_task(&model, c.task.as_deref(), path)?;
     match device::Device::parse(&c.device)? {
         device::Device::Cpu => session
@@ -231,11 +257,37 @@ fn infer(a: InferArgs) -> Result<ExitCode, String> {
     let mut order: Vec<usize> = (0..y.len()).collect();
     order.sort_by(|&i, &j| y[j].total_cmp(&y[i]));
     let top: Vec<_> = order.iter().take(a.top_k.max(1)).map(|&k| (k, y[k])).collect();
-    let task = run.task().and_then(|t| model.mask_set(t)).map(|s| s.name.to_string());
+    let mut task = run.task().and_then(|t| model.mask_set(t)).map(|s| s.name.to_string());
+    // Under --task auto: the inferred task, and whether it clears the threshold.
+    let inferred = run
+        .auto_state()
+        .and_then(|a| a.guesses.first().map(|g| (*g, a.known(g))));
+    if let Some((g, known)) = inferred {
+        let name = model.mask_set(g.task).map(|s| s.name.to_string()).unwrap_or_default();
+        if !known {
+            if a.common.json {
+                let out = json!({"schema": JSON_SCHEMA, "model": a.model, "input": a.input, "task": null,
+                    "inferred_task": {"task": name, "confidence": g.confidence, "score": g.score, "known": false},
+                    "class": null, "ms": ms});
+                println!("{out}");
+            } else {
+                println!(
+                    "task unknown: the best guess, {name}, has confidence {:.3}, below --task-threshold {}",
+                    g.confidence, a.common.task_threshold
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        task = Some(format!("{name} (inferred, confidence {:.3})", g.confidence));
+        if a.common.json {
+            task = Some(name);
+        }
+    }
     if a.common.json {
         let top_json: Vec<_> = top.iter().map(|(k, s)| json!({"class": k, "score": s})).collect();
         let out = json!({"schema": JSON_SCHEMA, "model": a.model, "input": a.input, "task": task,
-            "class": top[0].0, "top": top_json, "outputs": y, "isa": run.isa_name(), "device": run.device(), "ms": ms});
+            "class": top[0].0, "top": top_json, "outputs": y, "isa": run.isa_name(), "device": run.device(), "ms": ms,
+            "inferred_task": inferred.map(|(g, _)| json!({"confidence": g.confidence, "score": g.score, "known": true}))});
         println!("{out}");
     } else {
         println!(
@@ -299,6 +351,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
     let mut y = vec![0f32; batch * out_len];
     let mut busy = 0f64;
     let mut start = 0;
+    let (mut inferred, mut unknown) = (std::collections::BTreeMap::<u32, usize>::new(), 0usize);
     while start < n {
         let m = batch.min(n - start);
         for (k, xs) in x.chunks_mut(in_len).take(m).enumerate() {
@@ -307,18 +360,30 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
             }
         }
         let t = Instant::now();
-        if m == batch {
-            run.infer(&x, &mut y)?;
+        let r = if m == batch {
+            &mut run
         } else {
-            let r = tail_run.as_mut().ok_or("internal: no tail plan")?;
-            r.infer(&x[..m * in_len], &mut y[..m * out_len])?;
-        }
+            tail_run.as_mut().ok_or("internal: no tail plan")?
+        };
+        r.infer(&x[..m * in_len], &mut y[..m * out_len])?;
         busy += t.elapsed().as_secs_f64();
+        let guesses: Option<Vec<(u32, bool)>> = r
+            .auto_state()
+            .map(|a| a.guesses.iter().map(|g| (g.task, a.known(g))).collect());
         for k in 0..m {
             let ys = &y[k * out_len..(k + 1) * out_len];
-            let pred = (0..out_len)
+            let mut pred = (0..out_len)
                 .max_by(|&i, &j| ys[i].total_cmp(&ys[j]).then(j.cmp(&i)))
                 .unwrap_or(0);
+            if let Some(gs) = &guesses {
+                let (task, known) = gs[k];
+                *inferred.entry(task).or_insert(0usize) += 1;
+                if !known {
+                    // Not classified: counted wrong.
+                    unknown += 1;
+                    pred = usize::MAX;
+                }
+            }
             let label = labels.item(start + k)[0] as usize;
             if label >= per_class.len() {
                 per_class.resize(label + 1, (0, 0));
@@ -333,12 +398,23 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
         start += m;
     }
     if let Some(p) = &a.predictions {
-        let text: String = predictions.iter().map(|k| format!("{k}\n")).collect();
+        let text: String = predictions
+            .iter()
+            .map(|&k| match k {
+                usize::MAX => "unknown\n".to_string(),
+                k => format!("{k}\n"),
+            })
+            .collect();
         smk_format::writer::write_atomic(p, text.as_bytes()).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     let accuracy = correct as f64 / n as f64;
     let ips = n as f64 / busy.max(1e-9);
-    let task = run.task().and_then(|t| model.mask_set(t)).map(|s| s.name.to_string());
+    let auto = run.auto_state().is_some();
+    let task = match auto {
+        true => Some("auto".to_string()),
+        false => run.task().and_then(|t| model.mask_set(t)).map(|s| s.name.to_string()),
+    };
+    let name_of = |t: u32| model.mask_set(t).map_or(t.to_string(), |s| s.name.to_string());
     if a.common.json {
         let classes: Vec<_> = per_class
             .iter()
@@ -349,6 +425,16 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
         let out = json!({"schema": JSON_SCHEMA, "model": a.model, "task": task, "images": n, "correct": correct,
             "accuracy": accuracy, "per_class": classes, "images_per_second": ips, "batch": batch,
             "isa": run.isa_name(), "device": run.device()});
+        let mut out = out;
+        if auto {
+            let counts: serde_json::Map<String, serde_json::Value> =
+                inferred.iter().map(|(&t, &c)| (name_of(t), json!(c))).collect();
+            out["task_inference"] = json!({"rule": match a.common.task_rule {
+                TaskRuleArg::OneShot => "one-shot",
+                TaskRuleArg::MinEntropy => "min-entropy",
+            },
+                "inferred": counts, "unknown": unknown, "threshold": a.common.task_threshold});
+        }
         println!("{out}");
     } else {
         println!(
@@ -356,6 +442,10 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
             100.0 * accuracy,
             task.map(|t| format!(", task {t}")).unwrap_or_default()
         );
+        if auto {
+            let counts: Vec<String> = inferred.iter().map(|(&t, &c)| format!("{} {c}", name_of(t))).collect();
+            println!("  tasks inferred: {}; unknown {unknown}", counts.join(", "));
+        }
         for (k, (c, t)) in per_class.iter().enumerate().filter(|(_, (_, t))| *t > 0) {
             println!("  class {k}: {:.2}% of {t}", 100.0 * *c as f64 / *t as f64);
         }

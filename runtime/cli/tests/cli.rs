@@ -397,3 +397,93 @@ fn bad_input_is_one_clear_line_and_exit_code_1() {
     let help = runtime(&["--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes"));
 }
+
+#[test]
+fn task_auto_infers_each_inputs_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model(tmp.path());
+    let m = m.to_str().unwrap();
+    let (images, labels) = idx(tmp.path(), 12);
+    let (images, labels) = (images.to_str().unwrap(), labels.to_str().unwrap());
+    for rule in ["one-shot", "min-entropy"] {
+        let v = json(&runtime(&[
+            "infer",
+            m,
+            images,
+            "--index",
+            "3",
+            "--task",
+            "auto",
+            "--task-rule",
+            rule,
+            "--json",
+        ]));
+        let task = v["task"].as_str().unwrap();
+        assert!(task == "even" || task == "odd", "{v}");
+        let c = v["inferred_task"]["confidence"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&c), "{v}");
+        // The inferred task's own run gives the same outputs.
+        let own = json(&runtime(&[
+            "infer", m, images, "--index", "3", "--task", task, "--json",
+        ]));
+        assert_eq!(own["outputs"], v["outputs"], "{rule}");
+
+        let e = json(&runtime(&[
+            "eval",
+            m,
+            "--images",
+            images,
+            "--labels",
+            labels,
+            "--task",
+            "auto",
+            "--task-rule",
+            rule,
+            "--batch",
+            "5",
+            "--json",
+        ]));
+        let ti = &e["task_inference"];
+        let counted: u64 = ti["inferred"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 12, "{e}");
+        assert_eq!(ti["unknown"], 0);
+        assert_eq!(ti["rule"], rule);
+    }
+    // A threshold above any confidence: nothing is classified.
+    let e = json(&runtime(&[
+        "eval",
+        m,
+        "--images",
+        images,
+        "--labels",
+        labels,
+        "--task",
+        "auto",
+        "--task-threshold",
+        "1.01",
+        "--json",
+    ]));
+    assert_eq!(
+        (e["task_inference"]["unknown"].as_u64(), e["correct"].as_u64()),
+        (Some(12), Some(0))
+    );
+    let v = json(&runtime(&[
+        "infer",
+        m,
+        images,
+        "--task",
+        "auto",
+        "--task-threshold",
+        "1.01",
+        "--json",
+    ]));
+    assert!(
+        v["task"].is_null() && v["class"].is_null() && v["inferred_task"]["known"] == false,
+        "{v}"
+    );
+}
