@@ -55,7 +55,7 @@ pub struct TaskPlan<'a> {
     rule: TaskRule,
     /// f32 in the widest activation (input included), rounded up for alignment.
     width: usize,
-    /// f32 in the largest masked weight matrix.
+    /// f32 in every masked weight matrix, each spelled out densely as its mixture.
     mix_len: usize,
     /// f32 of kernel work space.
     work_len: usize,
@@ -110,8 +110,10 @@ impl<'a> TaskPlan<'a> {
                         });
                     }
                     let bad = Error::BadBatch { batch: tasks };
-                    let mix = rows.checked_mul(cols).ok_or(bad.clone())? as usize;
-                    mix_len = mix_len.max(mix);
+                    if masked != 0 {
+                        let mix = rows.checked_mul(cols).ok_or(bad.clone())? as usize;
+                        mix_len = mix_len.checked_add(mix.next_multiple_of(LINE)).ok_or(bad.clone())?;
+                    }
                     for k in 0..tasks as u32 {
                         let m = model.mask(k, weight);
                         work_len = work_len.max(linear::work_len(&t, m.as_ref(), tasks).ok_or(bad.clone())?);
@@ -167,8 +169,9 @@ impl<'a> TaskPlan<'a> {
 
     fn floats(&self) -> usize {
         match self.rule {
-            // h, z; own products, tangents and their successors (T each); the mixture; work.
-            TaskRule::OneShot => 2 * self.width + 3 * self.tasks * self.width + self.mix_len + self.work_len,
+            // The tag, the mixtures; h, z; own products, tangents and their successors (T
+            // each); work.
+            TaskRule::OneShot => LINE + self.mix_len + 2 * self.width + 3 * self.tasks * self.width + self.work_len,
             // One task's output, after its plan's own scratch.
             TaskRule::MinEntropy => self.width + self.plan_bytes.div_ceil(4),
         }
@@ -203,8 +206,18 @@ impl<'a> TaskPlan<'a> {
         let scores = &mut scores[..self.tasks];
         match self.rule {
             TaskRule::OneShot => {
-                let (bufs, rest) = f.split_at_mut(2 * self.width + 3 * self.tasks * self.width);
-                let (mix, work) = rest.split_at_mut(self.mix_len);
+                let (tag, rest) = f.split_at_mut(LINE);
+                let (mix, rest) = rest.split_at_mut(self.mix_len);
+                let (bufs, work) = rest.split_at_mut(2 * self.width + 3 * self.tasks * self.width);
+                // The mixtures are built once per scratch and model: the tag says for which.
+                let want = self.tag();
+                let have = [tag[0].to_bits(), tag[1].to_bits(), tag[2].to_bits(), tag[3].to_bits()];
+                if have != want {
+                    self.mixtures(mix)?;
+                    for (t, w) in tag.iter_mut().zip(want) {
+                        *t = f32::from_bits(w);
+                    }
+                }
                 for (x, g) in inputs.chunks_exact(in_len).zip(guesses.iter_mut()) {
                     self.one_shot(x, bufs, mix, work, scores)?;
                     *g = guess(scores);
@@ -237,7 +250,7 @@ impl<'a> TaskPlan<'a> {
         &self,
         x: &[f32],
         bufs: &mut [f32],
-        mix: &mut [f32],
+        mix: &[f32],
         work: &mut [f32],
         scores: &mut [f32],
     ) -> Result<(), Error> {
@@ -249,6 +262,7 @@ impl<'a> TaskPlan<'a> {
         let mut len = x.len();
         h[..len].copy_from_slice(x);
         let mut moving = false; // whether the tangents are non-zero yet
+        let mut mix_at = 0; // where the next masked layer's mixture starts
         let mut logits_len = len;
         let count = self.model.layer_count();
         for i in 0..count {
@@ -330,12 +344,13 @@ impl<'a> TaskPlan<'a> {
                         for (r, zr) in z[..rows].iter_mut().enumerate() {
                             *zr = (0..t).map(|k| own[k * w + r]).sum::<f32>() / t as f32;
                         }
+                        let this_mix = mix.get(mix_at..mix_at + rows * cols).ok_or(bad.clone())?;
+                        mix_at += (rows * cols).next_multiple_of(LINE);
                         if moving {
-                            self.mixture(&wt, weight, &mut mix[..rows * cols])?;
                             let dense = Tensor {
                                 storage: Storage::F32,
                                 layout: Layout::RowMajor,
-                                data: bytemuck::cast_slice(&mix[..rows * cols]),
+                                data: bytemuck::cast_slice(this_mix),
                                 ..wt
                             };
                             linear::matvec(self.isa, &dense, None, tan, next, batch, work, i)?;
@@ -396,6 +411,42 @@ impl<'a> TaskPlan<'a> {
             } else {
                 0.0
             };
+        }
+        Ok(())
+    }
+
+    /// What the scratch's mixtures were built for: this model's bytes (where they are, how
+    /// long, how they begin) and the task count.
+    fn tag(&self) -> [u32; 4] {
+        let bytes = self.model.bytes();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for &b in bytes.iter().take(256) {
+            hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        let at = bytes.as_ptr() as usize as u64;
+        [
+            (hash >> 32) as u32,
+            hash as u32,
+            (at ^ (at >> 32)) as u32,
+            (bytes.len() as u32) ^ ((self.tasks as u32) << 20),
+        ]
+    }
+
+    /// Every masked layer's mixture, in layer order, each starting on a cache line.
+    fn mixtures(&self, mix: &mut [f32]) -> Result<(), Error> {
+        let mut at = 0;
+        for i in 0..self.model.layer_count() {
+            let l = self.model.layer(i).ok_or(Error::Inconsistent { layer: i })?;
+            if let Op::Linear { weight, .. } = l.op {
+                if self.model.mask(0, weight).is_none() {
+                    continue;
+                }
+                let t = self.model.tensor(weight).ok_or(Error::Inconsistent { layer: i })?;
+                let n = (t.matrix().0 * t.matrix().1) as usize;
+                let m = mix.get_mut(at..at + n).ok_or(Error::Inconsistent { layer: i })?;
+                self.mixture(&t, weight, m)?;
+                at += n.next_multiple_of(LINE);
+            }
         }
         Ok(())
     }

@@ -22,6 +22,10 @@ const TASKS: u32 = 3;
 /// [1, 5, 7] → normalise → flatten → seeded 35→19 (element masks) → relu → f32 19→13 (2×3
 /// block masks) → relu → f32 13→11 with bias (unmasked) → softmax.
 fn model() -> Vec<u8> {
+    model_with_masks(0)
+}
+
+fn model_with_masks(seed: u64) -> Vec<u8> {
     let mut b = ModelBuilder::new(&[1, 5, 7]).unwrap();
     b.batch_norm(
         "normalize",
@@ -61,10 +65,14 @@ fn model() -> Vec<u8> {
     b.op("softmax", Op::Softmax).unwrap();
     for k in 0..TASKS {
         let s = b.mask_set(&format!("task-{k}")).unwrap();
-        b.set_mask(s, fc1, MaskSpec::element_bools(&bits(10 + k as u64, 19 * 35)))
+        b.set_mask(s, fc1, MaskSpec::element_bools(&bits(seed + 10 + k as u64, 19 * 35)))
             .unwrap();
-        b.set_mask(s, fc2, MaskSpec::block_bools([2, 3], &bits(20 + k as u64, 7 * 7)))
-            .unwrap();
+        b.set_mask(
+            s,
+            fc2,
+            MaskSpec::block_bools([2, 3], &bits(seed + 20 + k as u64, 7 * 7)),
+        )
+        .unwrap();
     }
     b.to_bytes().unwrap()
 }
@@ -233,4 +241,27 @@ fn refusals_say_why() {
     assert!(e.to_string().contains("minimum-entropy"), "{e}");
     let plan = TaskPlan::new(&cm, TaskRule::MinEntropy).unwrap();
     assert!(guesses(&plan, &values(4, 16, 1.0), 1)[0].task < 2);
+}
+
+#[test]
+fn a_scratch_reused_for_another_model_rebuilds_its_mixtures() {
+    let (a, b) = (model_with_masks(0), model_with_masks(100));
+    let (ma, mb) = (Model::parse(&a).unwrap(), Model::parse(&b).unwrap());
+    let (pa, pb) = (
+        TaskPlan::new(&ma, TaskRule::OneShot).unwrap(),
+        TaskPlan::new(&mb, TaskRule::OneShot).unwrap(),
+    );
+    assert_eq!(pa.scratch_bytes(), pb.scratch_bytes());
+    let x: Vec<f32> = values(40, 4 * 35, 2.0).into_iter().map(|v| v + 0.5).collect();
+    let fresh = guesses(&pb, &x, 4);
+    let mut scratch = vec![0u8; pa.scratch_bytes()];
+    let mut g = fresh.clone();
+    pa.infer_tasks(&mut scratch, &x, &mut g).unwrap();
+    pb.infer_tasks(&mut scratch, &x, &mut g).unwrap();
+    assert_eq!(g, fresh, "model B's scores from a scratch that held model A's mixtures");
+    assert_ne!(
+        guesses(&pa, &x, 4),
+        fresh,
+        "the two models must differ for this to test anything"
+    );
 }
