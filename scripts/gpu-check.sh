@@ -20,20 +20,21 @@ build() {
   # shellcheck disable=SC1090
   source <(scripts/cuda-toolkit.sh --env)
   export CARGO_TARGET_DIR=target/cuda
-  cargo build --release -p smk-trainer --features nccl
-  cargo build --release -p smk-runtime-cli --features cuda
-  cargo build --release -p smk-runtime-cuda --features cublas --example gpu_bench
+  # One package set and one feature set for every command, so that candle builds once.
+  local pkgs=(-p smk-trainer -p smk-runtime-cli -p smk-runtime-cuda)
+  local features=smk-trainer/nccl,smk-runtime-cli/cuda,smk-runtime-cuda/cublas
+  cargo build --release "${pkgs[@]}" --features "$features" --bins --examples
   local tests trainer_tests
-  test_binary() {  # the executable of test target $2 of package $1, built with features $3
-    cargo test --release -p "$1" --features "$3" --test "$2" --no-run --message-format=json |
+  test_binary() {  # the executable of test target $1
+    cargo test --release "${pkgs[@]}" --features "$features" --test "$1" --no-run --message-format=json |
       python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
-        print(m["executable"])' "$2"
+        print(m["executable"])' "$1"
   }
-  tests=$(test_binary smk-runtime-cuda gpu "")
-  trainer_tests=$(test_binary smk-trainer cuda nccl)
+  tests=$(test_binary gpu)
+  trainer_tests=$(test_binary cuda)
   rm -rf "$here" && mkdir -p "$here/bin"
   cp target/cuda/release/trainer "$here/bin/trainer"
   cp target/cuda/release/runtime "$here/bin/runtime"
