@@ -25,6 +25,9 @@ pub enum MethodKind {
     MovementHard,
     /// Weights and scores train; sigmoid threshold with an L1 penalty (Sanh et al.).
     MovementSoft,
+    /// Discovering Neural Wirings (Wortsman et al., 2019): the weights train, each layer keeps
+    /// its top-k weights by magnitude, and the gradient reaches every weight (straight-through).
+    Dnw,
     /// One mask per task of a family over one frozen seeded network (Wortsman et al.):
     /// `scores ≥ 0`, or top-k with `--keep` below 1; the tasks train one after another.
     Supsup,
@@ -33,7 +36,7 @@ pub enum MethodKind {
 impl MethodKind {
     /// Whether the weights train.
     pub fn trains_weights(self) -> bool {
-        matches!(self, Self::Dense | Self::MovementHard | Self::MovementSoft)
+        matches!(self, Self::Dense | Self::MovementHard | Self::MovementSoft | Self::Dnw)
     }
     /// Whether layers carry masks.
     pub fn masks(self) -> bool {
@@ -48,6 +51,7 @@ impl MethodKind {
             Self::Block => "block",
             Self::MovementHard => "movement-hard",
             Self::MovementSoft => "movement-soft",
+            Self::Dnw => "dnw",
             Self::Supsup => "supsup",
         }
     }
@@ -255,6 +259,12 @@ impl FitConfig {
             // Measured on the bundled digits: 0.1 (the paper's CIFAR rate) learns too slowly in
             // the ~1,100 steps of a 20-epoch run; 0.3 reaches 94.8% at keep 0.5.
             MethodKind::EdgePopup | MethodKind::Block => c.lr = 0.3,
+            // Trained like the dense baseline; the mask follows the weights.
+            MethodKind::Dnw => {
+                c.weights = WeightInit::KaimingNormal;
+                c.lr = 0.05;
+                c.weight_decay = 5e-4;
+            }
             // The paper's MNIST settings: RMSprop at 1e-4, batches of 128, 100 outputs of which
             // the data uses 10, `scores ≥ 0` masks.
             MethodKind::Supsup => {

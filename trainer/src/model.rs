@@ -76,6 +76,8 @@ pub struct MaskedLayer {
     pub scores: Option<Var>,
     /// Block shape of a block mask.
     pub block: Option<[usize; 2]>,
+    /// DNW: the mask ranks the weights themselves (no scores).
+    pub rank_weights: bool,
 }
 
 impl MaskedLayer {
@@ -94,6 +96,12 @@ impl MaskedLayer {
     /// The weight the forward pass uses: `w ⊙ mask(scores)` with a straight-through mask.
     pub fn effective_weight(&self, rule: Binarize) -> Result<Tensor> {
         let w = self.weight_f32()?;
+        if self.rank_weights {
+            // Forward: the top-k weights; backward: every weight, as if unmasked.
+            let hard = hard_mask(&w.detach(), rule)?;
+            let kept = w.broadcast_mul(&hard)?;
+            return Ok((&w + (kept - &w)?.detach())?);
+        }
         let Some(scores) = &self.scores else {
             return Ok(w);
         };
@@ -113,6 +121,10 @@ impl MaskedLayer {
 
     /// The hard mask in its own grid (element: the weight's matrix view; block: the block grid).
     pub fn hard_mask_grid(&self, rule: Binarize) -> Result<Option<Tensor>> {
+        if self.rank_weights {
+            let (rows, cols) = self.matrix();
+            return Ok(Some(hard_mask(&self.weight_f32()?, rule)?.reshape((rows, cols))?));
+        }
         let Some(scores) = &self.scores else { return Ok(None) };
         let m = hard_mask(scores.as_tensor(), rule)?;
         let (rows, cols) = self.matrix();
@@ -124,8 +136,11 @@ impl MaskedLayer {
 
     /// Fraction of weights the mask keeps (1 for unmasked layers).
     pub fn density(&self, rule: Binarize) -> Result<f64> {
-        let Some(scores) = &self.scores else { return Ok(1.0) };
-        let m = self.to_weight_shape(hard_mask(scores.as_tensor(), rule)?)?;
+        let m = match (&self.scores, self.rank_weights) {
+            (_, true) => hard_mask(&self.weight_f32()?, rule)?,
+            (Some(scores), false) => self.to_weight_shape(hard_mask(scores.as_tensor(), rule)?)?,
+            (None, false) => return Ok(1.0),
+        };
         Ok(m.sum_all()?.to_scalar::<f32>()? as f64 / m.elem_count() as f64)
     }
 }
@@ -298,7 +313,8 @@ impl LayerPlan<'_> {
         } else {
             (self.frozen(weight, name)?.to_device(self.device)?, None)
         };
-        let masked = cfg.method.masks() && !head_trains;
+        let rank_weights = cfg.method == MethodKind::Dnw;
+        let masked = cfg.method.masks() && !head_trains && !rank_weights;
         let block = (cfg.method == MethodKind::Block).then_some(cfg.block);
         let scores = if masked {
             let shape: Vec<usize> = match block {
@@ -331,6 +347,7 @@ impl LayerPlan<'_> {
             seeded,
             scores,
             block,
+            rank_weights,
         })
     }
 }

@@ -131,7 +131,7 @@ pub fn rule_at(cfg: &FitConfig, epoch: usize, progress: f64) -> Binarize {
     match cfg.method {
         MethodKind::Dense => Binarize::TopK { keep: 1.0, abs: true },
         MethodKind::Piggyback => Binarize::Threshold(cfg.threshold),
-        MethodKind::EdgePopup | MethodKind::Block => Binarize::TopK {
+        MethodKind::EdgePopup | MethodKind::Block | MethodKind::Dnw => Binarize::TopK {
             keep: cfg.keep,
             abs: true,
         },

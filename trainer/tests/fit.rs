@@ -506,3 +506,47 @@ fn data_parallel_replicas_take_the_single_device_step() {
         assert!(compared >= 3, "{method:?}: only {compared} tensors compared");
     }
 }
+
+#[test]
+fn dnw_keeps_the_largest_weights_and_trains_them_all() {
+    use smk_trainer::mask::{hard_mask, Binarize};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let cfg = FitConfig {
+        keep: 0.2,
+        ..config(&data, MethodKind::Dnw, 3)
+    };
+    // The gradient of a step reaches the weights the mask drops, too.
+    let net = Net::build(&cfg, [1, 28, 28], 10, None, &candle_core::Device::Cpu).unwrap();
+    let rule = Binarize::TopK { keep: 0.2, abs: true };
+    let mut net = net;
+    let x = candle_core::Tensor::ones((4, 1, 28, 28), DType::F32, &candle_core::Device::Cpu).unwrap();
+    let loss = net.forward(&x, rule, true).unwrap().sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let fc1 = &net.layers[0];
+    let w = fc1.weight_var.as_ref().unwrap();
+    let g = grads.get(w.as_tensor()).unwrap();
+    let dropped = (1.0 - hard_mask(w.as_tensor(), rule).unwrap()).unwrap();
+    let reaching = (g.abs().unwrap() * dropped)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(reaching > 0.0, "no gradient reached a dropped weight");
+
+    let run = tmp.path().join("dnw");
+    let m = fit(&run, cfg, QUIET).unwrap();
+    let last = m.last().unwrap();
+    assert!(last.test_accuracy > 0.7, "{last:?}");
+    for (name, d) in &last.density {
+        assert!((d - 0.2).abs() < 0.01, "{name}: density {d}");
+    }
+    let out = tmp.path().join("dnw.smk");
+    export(&run, &out, WeightsDtype::F32).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let model = smk_format::Model::parse(&bytes).unwrap();
+    assert_eq!(model.mask_set_count(), 1);
+}
