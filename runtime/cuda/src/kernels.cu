@@ -442,14 +442,16 @@ extern "C" __global__ void smk_add(const float* a, const float* b, size_t n, flo
 }
 
 // y[b·y_batch + o·y_row] += bias[o] (when given), then max(·, 0) when relu != 0.
+// Grid-stride: any grid covers any size.
 extern "C" __global__ void smk_bias_relu(float* y, const float* bias, int rows, int batch, int y_batch,
                                          int y_row, int relu) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i >= (size_t)rows * batch) return;
-    int o = (int)(i % rows), b = (int)(i / rows);
-    float* p = y + (size_t)b * y_batch + (size_t)o * y_row;
-    float v = *p + (bias ? bias[o] : 0.f);
-    *p = relu ? fmaxf(v, 0.f) : v;
+    size_t total = (size_t)rows * batch;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int o = (int)(i % rows), b = (int)(i / rows);
+        float* p = y + (size_t)b * y_batch + (size_t)o * y_row;
+        float v = *p + (bias ? bias[o] : 0.f);
+        *p = relu ? fmaxf(v, 0.f) : v;
+    }
 }
 
 // Softmax over each of `batch` rows of n values (one warp per row).
