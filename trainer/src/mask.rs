@@ -6,8 +6,8 @@ use candle_core::{DType, Result, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Binarize {
     /// Keep the `keep` fraction with the largest scores (of `|s|` when `abs`), exactly:
-    /// `n − floor((1 − keep)·n)` entries, ties broken by lower index. Off the CPU every tie at
-    /// the threshold is kept instead (see [`topk_mask_device`]).
+    /// `n − floor((1 − keep)·n)` entries, ties broken by lower index (on the host and, through
+    /// [`topk_mask_device`], on other devices alike).
     TopK {
         /// Fraction kept.
         keep: f64,
@@ -79,9 +79,10 @@ pub const TOPK_BISECTION_STEPS: usize = 64;
 /// tensors, so nothing is read back to the host (on CUDA, [`topk_mask`] would copy every
 /// layer's scores to the host and its mask back, every step).
 ///
-/// Unlike [`topk_mask`], every key equal to the k-th largest is kept: with ties at the
-/// threshold the mask keeps more than `k` entries (all of them when every key is equal). Keys
-/// without ties give exactly [`topk_mask`]'s mask.
+/// Ties at the threshold are broken by index, as [`topk_mask`] breaks them: of the keys equal
+/// to the k-th largest, the first `k − count(key > t)` are kept, their index bound found by a
+/// second bisection (about log₂ n steps). So the mask is [`topk_mask`]'s, on any device, except
+/// that `−0.0` and `0.0` tie here where the host orders them.
 pub fn topk_mask_device(scores: &Tensor, keep: f64, abs: bool) -> Result<Tensor> {
     topk_mask_bisect(scores, keep, abs, TOPK_BISECTION_STEPS)
 }
@@ -111,7 +112,25 @@ fn topk_mask_bisect(scores: &Tensor, keep: f64, abs: bool, steps: usize) -> Resu
         lo = ok.where_cond(&mid, &lo)?;
         hi = ok.where_cond(&hi, &mid)?;
     }
-    key.broadcast_ge(&lo)?.to_dtype(scores.dtype())?.reshape(scores.shape())
+    // The first r ties in index order, r = k − count(key > t): the smallest index bound m with
+    // count(key = t, index < m) ≥ r, by bisection on m (f64 counts: exact to 2⁵³).
+    let f64s = |t: Tensor| t.to_dtype(DType::F64);
+    let above = key.broadcast_gt(&lo)?;
+    let ties = f64s(key.broadcast_eq(&lo)?)?;
+    let r = (f64s(k.clone())? - f64s(above.clone())?.sum_all()?)?;
+    let index = Tensor::arange(0u32, n as u32, key.device())?.to_dtype(DType::F64)?;
+    let mut below = Tensor::new(0f64, key.device())?; // count(ties, index < below) < r
+    let mut bound = Tensor::new(n as f64, key.device())?; // count(ties, index < bound) ≥ r
+    for _ in 0..=usize::BITS - n.leading_zeros() {
+        let mid = ((&below + &bound)? * 0.5)?.floor()?;
+        let count = (&ties * index.broadcast_lt(&mid)?.to_dtype(DType::F64)?)?.sum_all()?;
+        let ok = count.ge(&r)?;
+        below = ok.where_cond(&below, &mid)?;
+        bound = ok.where_cond(&mid, &bound)?;
+    }
+    let first_ties = (&ties * index.broadcast_lt(&bound)?.to_dtype(DType::F64)?)?;
+    let mask = (f64s(above)? + first_ties)?;
+    mask.to_dtype(scores.dtype())?.reshape(scores.shape())
 }
 
 /// The hard 0/1 mask of `scores` (no gradient).
@@ -300,7 +319,7 @@ mod tests {
     }
 
     #[test]
-    fn device_topk_keeps_every_tie_at_the_threshold() {
+    fn device_topk_breaks_ties_by_index_as_the_host() {
         let mut over = 0;
         for seed in 0..3 {
             let mut rng = Rng::new(seed, 1);
@@ -315,7 +334,8 @@ mod tests {
                             for abs in [false, true] {
                                 let what = format!("seed {seed} n {n} scale {scale} keep {keep} abs {abs}");
                                 let got = device_mask(values, keep, abs, TOPK_BISECTION_STEPS);
-                                assert!(got == threshold_reference(values, keep, abs), "{what}");
+                                assert!(got == topk_mask(values, keep, abs), "{what}: not the host's mask");
+                                let threshold = threshold_reference(values, keep, abs);
                                 let key = |i: usize| if abs { values[i].abs() } else { values[i] };
                                 let kept = (0..n).filter(|&i| got[i] == 1.0);
                                 let kept_min = kept.clone().map(key).fold(f32::INFINITY, f32::min);
@@ -323,10 +343,11 @@ mod tests {
                                     .filter(|&i| got[i] == 0.0)
                                     .map(key)
                                     .fold(f32::NEG_INFINITY, f32::max);
-                                let count = kept.count();
-                                assert!(count >= kept_count(n, keep), "{what}");
-                                over += usize::from(count > kept_count(n, keep));
+                                assert_eq!(kept.count(), kept_count(n, keep), "{what}");
                                 assert!(kept_min >= drop_max, "{what}");
+                                // Where keeping every tie would keep more, the index broke them.
+                                over +=
+                                    usize::from(threshold.iter().filter(|&&v| v == 1.0).count() > kept_count(n, keep));
                             }
                         }
                     }
@@ -334,11 +355,14 @@ mod tests {
             }
         }
         assert!(over > 0, "ties at the threshold were exercised");
-        // Every key equal: all kept, whatever the fraction.
-        assert_eq!(device_mask(&[0.25; 6], 0.5, true, TOPK_BISECTION_STEPS), [1.0; 6]);
+        // Every key equal: the first k, as on the host.
         assert_eq!(
-            device_mask(&[-0.0, 0.0, 0.0], 0.34, false, TOPK_BISECTION_STEPS),
-            [1.0; 3]
+            device_mask(&[0.25; 6], 0.5, true, TOPK_BISECTION_STEPS),
+            [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+        );
+        assert_eq!(
+            device_mask(&[0.0; 3], 0.34, false, TOPK_BISECTION_STEPS),
+            [1.0, 1.0, 0.0]
         );
     }
 

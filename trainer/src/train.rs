@@ -53,7 +53,12 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
     // candle's error carries a backtrace; one line that says what is missing serves better.
     Device::new_cuda(ordinal).map_err(|e| {
         let why = e.to_string();
-        let why = why.lines().next().unwrap_or_default();
+        // The stub driver has no error strings: drop cudarc's note that it could not get one.
+        let why = why
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .replace(", \"<Failure when calling cuGetErrorString()>\"", "");
         let hint = if why.contains("NO_DEVICE") {
             "no GPU answers: is the NVIDIA driver loaded, and the stub libcuda of scripts/cuda-toolkit.sh off LD_LIBRARY_PATH?"
         } else {
