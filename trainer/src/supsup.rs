@@ -70,6 +70,15 @@ pub fn fit_tasks(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epo
         cfg
     };
     cfg.validate()?;
+    // One file holds one set of norms, and each task would train its own: per-task norms are
+    // not built yet, so models with norms are refused rather than exported wrong.
+    let probe = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu);
+    if probe.is_ok_and(|n| !n.norms.is_empty()) {
+        return Err(Error::Config(format!(
+            "supsup does not support {} yet: its batch norms would need one set per task; use lenet-300-100 or fc-1024-1024",
+            cfg.model
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let text = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
     smk_format::writer::write_atomic(&config_path, text.as_bytes()).map_err(io(&config_path))?;

@@ -91,6 +91,24 @@ fn bad_invocations_fail_with_one_clear_line() {
             "movement-soft trains every weight",
         ),
         (vec!["fit", "--devices", "0,0", "--out", out], "a GPU is named twice"),
+        (
+            vec![
+                "fit",
+                "--method",
+                "supsup",
+                "--task",
+                "permuted:2",
+                "--model",
+                "resnet-8",
+                "--out",
+                out,
+            ],
+            "supsup does not support resnet-8",
+        ),
+        (
+            vec!["fit", "--method", "supsup", "--out", out],
+            "give --task permuted:N",
+        ),
         (vec!["fit", "--devices", "cpu,0", "--out", out], "mixes CPU and GPU"),
         (
             vec!["fit", "--devices", "cpu,cpu,cpu", "--batch-size", "2", "--out", out],
