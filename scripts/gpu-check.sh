@@ -2,8 +2,9 @@
 # The GPU check of issue 6, in two halves:
 #
 #   scripts/gpu-check.sh build   here (no GPU needed): builds the CUDA binaries with the toolkit
-#                                of scripts/cuda-toolkit.sh and puts them, stripped, in gpu-check/
-#                                (about 50 MB; git ignores it, the device tool carries it).
+#                                of scripts/cuda-toolkit.sh and puts them, stripped and gzipped, in
+#                                gpu-check/bin.tar.gz (about 40 MB; git ignores it, the device tool
+#                                carries it).
 #   scripts/gpu-check.sh run     on the GPU machine, from the repository root, with no network
 #                                and no Rust toolchain: prints the GPU, trains on CUDA against the
 #                                CPU, runs the runtime's GPU conformance test, and times the GPU
@@ -42,6 +43,10 @@ for line in sys.stdin:
   cp "$tests" "$here/bin/gpu_tests"
   cp "$trainer_tests" "$here/bin/trainer_tests"
   strip "$here"/bin/*
+  # The device tool carries at most 64 MiB: the binaries (about 145 MB, most of it candle's
+  # kernels) travel gzipped, about 40 MB, and `run` unpacks them.
+  tar -C "$here" -czf "$here/bin.tar.gz" bin
+  rm -rf "$here/bin"
   du -sh "$here"
   echo "ready: device run with command=\"scripts/gpu-check.sh run\", carry=[\"$here\"]"
 }
@@ -49,6 +54,9 @@ for line in sys.stdin:
 run() {
   local out="${OUT:-$here/out}"
   mkdir -p "$out"
+  if [[ ! -d "$here/bin" && -f "$here/bin.tar.gz" ]]; then
+    tar -C "$here" -xzf "$here/bin.tar.gz"
+  fi
   if ! command -v nvidia-smi >/dev/null; then
     echo "gpu-check: no nvidia-smi here: this half runs on the GPU machine" >&2
     exit 1
