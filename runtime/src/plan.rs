@@ -27,6 +27,21 @@ pub struct Plan<'a> {
     output_len: usize,
 }
 
+/// The f32 view of caller scratch of at least `need` bytes (`need` includes 64 bytes of slack):
+/// starting on a 64-byte boundary, `(need − 64) / 4` values long.
+pub(crate) fn scratch_floats(scratch: &mut [u8], need: usize) -> Result<&mut [f32], Error> {
+    if scratch.len() < need {
+        return Err(Error::ScratchTooSmall {
+            need,
+            got: scratch.len(),
+        });
+    }
+    let floats = (need - 64) / 4;
+    let start = scratch.as_ptr().align_offset(64).min(64);
+    bytemuck::try_cast_slice_mut(&mut scratch[start..start + floats * 4])
+        .map_err(|_| Error::ScratchTooSmall { need, got: 0 })
+}
+
 /// Where a layer reads from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Src {
@@ -213,17 +228,7 @@ impl<'a> Plan<'a> {
                 got: output.len(),
             });
         }
-        let need = self.scratch_bytes();
-        if scratch.len() < need {
-            return Err(Error::ScratchTooSmall {
-                need,
-                got: scratch.len(),
-            });
-        }
-        let floats = (need - 64) / 4;
-        let start = scratch.as_ptr().align_offset(64).min(64);
-        let scratch: &mut [f32] = bytemuck::try_cast_slice_mut(&mut scratch[start..start + floats * 4])
-            .map_err(|_| Error::ScratchTooSmall { need, got: 0 })?;
+        let scratch = scratch_floats(scratch, self.scratch_bytes())?;
         let (slots, work) = scratch.split_at_mut(self.slots * self.slot_len);
         for i in 0..self.layers {
             let bad = Error::Inconsistent { layer: i as u32 };

@@ -192,16 +192,7 @@ impl<'a> TaskPlan<'a> {
                 got: inputs.len(),
             });
         }
-        let need = self.scratch_bytes();
-        if scratch.len() < need {
-            return Err(Error::ScratchTooSmall {
-                need,
-                got: scratch.len(),
-            });
-        }
-        let start = scratch.as_ptr().align_offset(64).min(64);
-        let f: &mut [f32] = bytemuck::try_cast_slice_mut(&mut scratch[start..start + self.floats() * 4])
-            .map_err(|_| Error::ScratchTooSmall { need, got: 0 })?;
+        let f = crate::plan::scratch_floats(scratch, self.scratch_bytes())?;
         let mut scores = [0f32; MAX_TASKS];
         let scores = &mut scores[..self.tasks];
         match self.rule {
