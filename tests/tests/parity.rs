@@ -9,7 +9,10 @@ use candle_core::{Device, D};
 use smk_format::Model;
 use smk_runtime::Plan;
 use smk_trainer::config::{FitConfig, MethodKind, WeightInit};
+use smk_trainer::data::Dataset;
 use smk_trainer::export::{to_smk, WeightsDtype};
+use smk_trainer::mask::Binarize;
+use smk_trainer::model::Net;
 use smk_trainer::train::{batch, fit, FitOptions, Run};
 use std::path::Path;
 
@@ -29,7 +32,12 @@ pub fn parity(run_dir: &Path, dtype: WeightsDtype) -> Parity {
     let run = Run::open(run_dir).unwrap();
     let (mut net, test, rule) = run.load_net(&Device::Cpu).unwrap();
     let bytes = to_smk(&net, &run, rule, dtype).unwrap();
-    let model = Model::parse(&bytes).unwrap();
+    parity_of(&mut net, &test, rule, &bytes, None)
+}
+
+/// The same for a network and the file that holds it, with mask set `task`.
+fn parity_of(net: &mut Net, test: &Dataset, rule: Binarize, bytes: &[u8], task: Option<u32>) -> Parity {
+    let model = Model::parse(bytes).unwrap();
     let n = test.len();
     let chunk = 100.min(n);
     let mut result = Parity {
@@ -40,10 +48,10 @@ pub fn parity(run_dir: &Path, dtype: WeightsDtype) -> Parity {
     let idx: Vec<usize> = (0..n).collect();
     for ids in idx.chunks(chunk) {
         // A plan per batch size: full chunks, then the tail.
-        let plan = Plan::new(&model, ids.len(), None).unwrap();
+        let plan = Plan::new(&model, ids.len(), task).unwrap();
         let mut scratch = vec![0u8; plan.scratch_bytes()];
         let (in_len, out_len) = (plan.input_len(), plan.output_len());
-        let (x, _) = batch(&test, ids, &Device::Cpu).unwrap();
+        let (x, _) = batch(test, ids, &Device::Cpu).unwrap();
         let logits = net.forward(&x, rule, false).unwrap();
         let log_p: Vec<Vec<f32>> = candle_nn_log_softmax(&logits);
         let input: Vec<f32> = ids
@@ -180,6 +188,37 @@ fn trainer_and_runtime_agree() {
                 &format!("{model} {method:?} {weights:?} {dtype:?}"),
             );
         }
+    }
+}
+
+/// PackNet: one file, stored weights and a mask per task; each task's mask set in the runtime
+/// gives what that task's network gives in the trainer.
+#[test]
+fn packnet_tasks_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    trainer_common::small_data(&data);
+    let dir = tmp.path().join("packnet");
+    let cfg = FitConfig {
+        data: data.clone(),
+        task: Some("permuted:3".into()),
+        batches_per_task: 20,
+        batch_size: 64,
+        ..FitConfig::defaults(MethodKind::Packnet)
+    };
+    fit(&dir, cfg, FitOptions::default()).unwrap();
+    let file = tmp.path().join("packnet.smk");
+    smk_trainer::export::export(&dir, &file, WeightsDtype::F32).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    for k in 0..3 {
+        let run = Run::open(&smk_trainer::supsup::task_dir(&dir, k)).unwrap();
+        let (mut net, test, rule) = run.load_net(&Device::Cpu).unwrap();
+        check(
+            &parity_of(&mut net, &test, rule, &bytes, Some(k as u32)),
+            WeightsDtype::F32,
+            &format!("packnet task {k}"),
+        );
     }
 }
 

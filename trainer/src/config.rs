@@ -31,12 +31,23 @@ pub enum MethodKind {
     /// One mask per task of a family over one frozen seeded network (Wortsman et al.):
     /// `scores ≥ 0`, or top-k with `--keep` below 1; the tasks train one after another.
     Supsup,
+    /// PackNet (Mallya & Lazebnik, 2018): the tasks of a family train one after another over one
+    /// network; each trains the weights still free, keeps its share by magnitude, retrains them,
+    /// and owns them from then on. Each task's mask is the weights it and earlier tasks own.
+    Packnet,
 }
 
 impl MethodKind {
     /// Whether the weights train.
     pub fn trains_weights(self) -> bool {
-        matches!(self, Self::Dense | Self::MovementHard | Self::MovementSoft | Self::Dnw)
+        matches!(
+            self,
+            Self::Dense | Self::MovementHard | Self::MovementSoft | Self::Dnw | Self::Packnet
+        )
+    }
+    /// Whether a run trains a task family one task after another (`RUN/task-K/`).
+    pub fn is_sequence(self) -> bool {
+        matches!(self, Self::Supsup | Self::Packnet)
     }
     /// Whether layers carry masks.
     pub fn masks(self) -> bool {
@@ -53,6 +64,7 @@ impl MethodKind {
             Self::MovementSoft => "movement-soft",
             Self::Dnw => "dnw",
             Self::Supsup => "supsup",
+            Self::Packnet => "packnet",
         }
     }
 }
@@ -260,7 +272,12 @@ impl FitConfig {
             // the ~1,100 steps of a 20-epoch run; 0.3 reaches 94.8% at keep 0.5.
             MethodKind::EdgePopup | MethodKind::Block => c.lr = 0.3,
             // Trained like the dense baseline; the mask follows the weights.
-            MethodKind::Dnw => {
+            // Trained like the dense baseline, task after task; `--keep` is the share of the
+            // weights the whole family may use, split equally among its tasks.
+            MethodKind::Dnw | MethodKind::Packnet => {
+                if method == MethodKind::Packnet {
+                    c.keep = 1.0;
+                }
                 c.weights = WeightInit::KaimingNormal;
                 c.lr = 0.05;
                 c.weight_decay = 5e-4;
@@ -367,10 +384,13 @@ impl FitConfig {
                 self.epochs, self.warmup_epochs, self.cooldown_epochs
             ));
         }
-        if self.method == MethodKind::Supsup && self.task.is_none() {
-            return bad("supsup trains a mask per task: give --task permuted:N, rotated:N or split:N".into());
+        if self.method.is_sequence() && self.task.is_none() {
+            return bad(format!(
+                "{} trains a mask per task: give --task permuted:N, rotated:N or split:N",
+                self.method.id()
+            ));
         }
-        if self.method == MethodKind::Supsup && self.batches_per_task == 0 {
+        if self.method.is_sequence() && self.batches_per_task == 0 {
             return bad("--batches-per-task must be at least 1".into());
         }
         if let Some(t) = &self.task {

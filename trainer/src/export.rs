@@ -11,7 +11,6 @@ use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
 use smk_format::{Input, Op, Window2d};
 
 use crate::compact;
-use crate::config::MethodKind;
 use crate::error::{Error, Result};
 use crate::mask::Binarize;
 use crate::model::{MaskedLayer, Net, Node};
@@ -46,7 +45,7 @@ fn compacted_spec(
     dtype: WeightsDtype,
 ) -> Result<TensorSpec> {
     let (r, c) = l.matrix();
-    let w = l.weight_f32()?.flatten_all()?.to_vec1::<f32>()?;
+    let w = stored_values(l)?;
     let values = compact::select(&w, c, rows, cols);
     let dims = [rows.map_or(r, |k| k.len()), cols.map_or(c, |k| k.len())];
     stored(format!("{}.weight", l.name), &dims, values, dtype)
@@ -60,8 +59,19 @@ fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
         // rounded to that precision.
         (Some(init), None) => Ok(TensorSpec::seeded(name, &dims, init)?),
         // Frozen bf16 or f16 weights widen exactly: the stored values are those the run used.
-        _ => stored(name, &l.dims, l.weight_f32()?.flatten_all()?.to_vec1()?, dtype),
+        _ => stored(name, &l.dims, stored_values(l)?, dtype),
     }
+}
+
+/// The values a layer stores: its weights, or for PackNet every task's owned weights together
+/// (the free ones zero).
+fn stored_values(l: &MaskedLayer) -> Result<Vec<f32>> {
+    let w = l.weight_f32()?;
+    let w = match &l.pack {
+        Some(p) => p.effective(&w)?,
+        None => w,
+    };
+    Ok(w.flatten_all()?.to_vec1()?)
 }
 
 /// Builds the .smk bytes of a trained network.
@@ -256,12 +266,14 @@ pub fn to_smk_sets(
 /// `trainer export RUN_DIR --out FILE`.
 pub fn export(run_dir: &Path, out: &Path, dtype: WeightsDtype) -> Result<ExportSummary> {
     let run = Run::open(run_dir)?;
-    let (net, bytes) = if run.cfg.method == MethodKind::Supsup {
+    let (net, bytes) = if run.cfg.method.is_sequence() {
         // One mask set per finished task, named task-K as `trainer data` names their files.
+        // The weights are the last task's: PackNet's earlier tasks own fixed parts of them.
         let (mut nets, rule) = crate::supsup::load_tasks(run_dir, &candle_core::Device::Cpu)?;
         let sets: Vec<(String, &Net)> = nets.iter().enumerate().map(|(k, n)| (format!("task-{k}"), n)).collect();
-        let bytes = to_smk_sets(&nets[0], &sets, &run, rule, dtype)?;
-        (nets.swap_remove(0), bytes)
+        let last = nets.len() - 1;
+        let bytes = to_smk_sets(&nets[last], &sets, &run, rule, dtype)?;
+        (nets.swap_remove(last), bytes)
     } else {
         let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
         let bytes = to_smk(&net, &run, rule, dtype)?;

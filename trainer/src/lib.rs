@@ -5,7 +5,8 @@
 //! - [`mask`]: binarising scores with the straight-through estimator; exact top-k.
 //! - [`config`]: methods and their defaults; [`optim`]: SGD, RMSprop and Adam with state.
 //! - [`data`]: IDX and CIFAR-10 loaders, task families; [`rng`]: the seeded generator.
-//! - [`supsup`]: a mask per task over one network, and task inference.
+//! - [`supsup`]: task families trained in turn, a mask per task over one network, and task
+//!   inference; [`packnet`]: tasks packed into one network by pruning.
 //! - [`train`]: fit, eval, checkpoints and resume; [`parallel`]: data parallel over devices; [`export`]: .smk export; [`sweep`]: accuracy
 //!   against density, as a table and a plot.
 
@@ -17,6 +18,7 @@ pub mod export;
 pub mod mask;
 pub mod model;
 pub mod optim;
+pub mod packnet;
 pub mod parallel;
 pub mod rng;
 pub mod supsup;

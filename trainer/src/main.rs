@@ -85,7 +85,8 @@ struct FitArgs {
     /// Method.
     #[arg(long, value_enum)]
     method: Option<MethodKind>,
-    /// Fraction of weights kept per layer (top-k methods); `sweep` takes a list: 0.05,0.1,0.5.
+    /// Fraction of weights kept per layer (top-k methods; packnet: by the whole family, split
+    /// equally among its tasks); `sweep` takes a list: 0.05,0.1,0.5.
     #[arg(long, conflicts_with = "sparsity", value_delimiter = ',')]
     keep: Vec<f64>,
     /// Fraction of weights removed per layer (= 1 − keep); `sweep` takes a list.
@@ -112,14 +113,15 @@ struct FitArgs {
     /// Task family: permuted:N, rotated:N or split:N.
     #[arg(long)]
     task: Option<String>,
-    /// Which task of the family, from 0 (supsup trains them all).
+    /// Which task of the family, from 0 (supsup and packnet train them all).
     #[arg(long)]
     task_index: Option<usize>,
     /// Output units, at least the data's classes (supsup: 100, the paper's superfluous
     /// outputs that task inference relies on).
     #[arg(long)]
     outputs: Option<usize>,
-    /// supsup: training steps per task (default 1000; the epochs follow from it).
+    /// supsup, packnet: training steps per task (default 1000; the epochs follow from it;
+    /// packnet prunes halfway and retrains).
     #[arg(long)]
     batches_per_task: Option<usize>,
     /// Epochs.
@@ -328,8 +330,8 @@ fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
     if let Some(d) = data {
         run.cfg.data = d;
     }
-    if run.cfg.method == MethodKind::Supsup {
-        return eval_supsup(&run, json);
+    if run.cfg.method.is_sequence() {
+        return eval_tasks(&run, json);
     }
     let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
     let (mut net, test, rule) = run.load_net(&device)?;
@@ -368,8 +370,9 @@ fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A SupSup run: every task with its own mask, and with the task inferred from each image.
-fn eval_supsup(run: &Run, json: bool) -> Result<()> {
+/// A SupSup or PackNet run: every task with its own mask, and with the task inferred from each
+/// image.
+fn eval_tasks(run: &Run, json: bool) -> Result<()> {
     let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
     let r = smk_trainer::supsup::evaluate(&run.dir, None, &device)?;
     if json {
@@ -380,7 +383,12 @@ fn eval_supsup(run: &Run, json: bool) -> Result<()> {
         return Ok(());
     }
     let family = run.cfg.task.clone().unwrap_or_default();
-    println!("{}: supsup over {family}, {} tasks", run.dir.display(), r.tasks);
+    println!(
+        "{}: {} over {family}, {} tasks",
+        run.dir.display(),
+        run.cfg.method.id(),
+        r.tasks
+    );
     println!(
         "  task given:              accuracy {:.2}% (mean over tasks)",
         100.0 * r.task_given_accuracy
@@ -428,10 +436,10 @@ fn run() -> Result<()> {
                 stop_after: None,
                 profile: a.profile,
             };
-            let supsup = cfg.method == MethodKind::Supsup
-                || (a.resume && Run::open(&a.out).is_ok_and(|r| r.cfg.method == MethodKind::Supsup));
+            let sequence =
+                cfg.method.is_sequence() || (a.resume && Run::open(&a.out).is_ok_and(|r| r.cfg.method.is_sequence()));
             let m = train::fit(&a.out, cfg, opts)?;
-            if supsup {
+            if sequence {
                 let mean = m.iter().map(|t| t.test_accuracy).sum::<f64>() / m.len().max(1) as f64;
                 println!(
                     "{}: {} tasks, mean test accuracy {:.2}% (task given); `trainer eval` infers the tasks",

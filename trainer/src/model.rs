@@ -78,6 +78,50 @@ pub struct MaskedLayer {
     pub block: Option<[usize; 2]>,
     /// DNW: the mask ranks the weights themselves (no scores).
     pub rank_weights: bool,
+    /// PackNet: which weights earlier tasks own, and which this task trains.
+    pub pack: Option<Pack>,
+}
+
+/// A PackNet layer's ownership (0/1 tensors of the weight's shape, f32).
+#[derive(Debug, Clone)]
+pub struct Pack {
+    /// 1 where an earlier task owns the weight.
+    pub owned: Tensor,
+    /// Earlier tasks' weights, `W ⊙ owned`, held apart from the trained variable so that
+    /// nothing the optimizer does (weight decay, momentum) can move them.
+    pub base: Tensor,
+    /// 1 where this task's weights are: every free weight until the prune, then its share.
+    pub claimed: Tensor,
+}
+
+impl Pack {
+    /// The state of the task after the one whose `weight` and pack these are: what that task
+    /// claimed joins what earlier tasks own, and the weights left free start again from zero.
+    pub fn next(weight: &Tensor, done: &Pack) -> Result<(Tensor, Pack)> {
+        let base = (&done.base + weight.broadcast_mul(&done.claimed)?)?;
+        let owned = (&done.owned + &done.claimed)?;
+        let claimed = owned.ones_like()?.sub(&owned)?;
+        Ok((base.clone(), Pack { owned, base, claimed }))
+    }
+
+    /// The first task's: nothing owned, every weight free.
+    pub fn first(weight: &Tensor) -> Result<Pack> {
+        Ok(Pack {
+            owned: weight.zeros_like()?,
+            base: weight.zeros_like()?,
+            claimed: weight.ones_like()?,
+        })
+    }
+
+    /// The weights the task computes with: `base + W ⊙ claimed`.
+    pub fn effective(&self, weight: &Tensor) -> Result<Tensor> {
+        Ok((&self.base + weight.broadcast_mul(&self.claimed)?)?)
+    }
+
+    /// The task's mask: the weights it or an earlier task owns.
+    pub fn mask(&self) -> Result<Tensor> {
+        Ok((&self.owned + &self.claimed)?)
+    }
 }
 
 impl MaskedLayer {
@@ -96,6 +140,9 @@ impl MaskedLayer {
     /// The weight the forward pass uses: `w ⊙ mask(scores)` with a straight-through mask.
     pub fn effective_weight(&self, rule: Binarize) -> Result<Tensor> {
         let w = self.weight_f32()?;
+        if let Some(p) = &self.pack {
+            return p.effective(&w);
+        }
         if self.rank_weights {
             // Forward: the top-k weights; backward: every weight, as if unmasked.
             let hard = hard_mask(&w.detach(), rule)?;
@@ -121,6 +168,10 @@ impl MaskedLayer {
 
     /// The hard mask in its own grid (element: the weight's matrix view; block: the block grid).
     pub fn hard_mask_grid(&self, rule: Binarize) -> Result<Option<Tensor>> {
+        if let Some(p) = &self.pack {
+            let (rows, cols) = self.matrix();
+            return Ok(Some(p.mask()?.reshape((rows, cols))?));
+        }
         if self.rank_weights {
             let (rows, cols) = self.matrix();
             return Ok(Some(hard_mask(&self.weight_f32()?, rule)?.reshape((rows, cols))?));
@@ -136,10 +187,11 @@ impl MaskedLayer {
 
     /// Fraction of weights the mask keeps (1 for unmasked layers).
     pub fn density(&self, rule: Binarize) -> Result<f64> {
-        let m = match (&self.scores, self.rank_weights) {
-            (_, true) => hard_mask(&self.weight_f32()?, rule)?,
-            (Some(scores), false) => self.to_weight_shape(hard_mask(scores.as_tensor(), rule)?)?,
-            (None, false) => return Ok(1.0),
+        let m = match (&self.scores, self.rank_weights, &self.pack) {
+            (_, _, Some(p)) => p.mask()?,
+            (_, true, None) => hard_mask(&self.weight_f32()?, rule)?,
+            (Some(scores), false, None) => self.to_weight_shape(hard_mask(scores.as_tensor(), rule)?)?,
+            (None, false, None) => return Ok(1.0),
         };
         Ok(m.sum_all()?.to_scalar::<f32>()? as f64 / m.elem_count() as f64)
     }
@@ -306,6 +358,7 @@ impl LayerPlan<'_> {
                 )
             }
         };
+        let (weight, pack) = self.pack(name, weight)?;
         // Narrowed on the host, so that only the narrow copy travels to the device.
         let (weight, weight_var) = if trains {
             let w = weight.to_device(self.device)?;
@@ -314,7 +367,7 @@ impl LayerPlan<'_> {
             (self.frozen(weight, name)?.to_device(self.device)?, None)
         };
         let rank_weights = cfg.method == MethodKind::Dnw;
-        let masked = cfg.method.masks() && !head_trains && !rank_weights;
+        let masked = cfg.method.masks() && !head_trains && !rank_weights && pack.is_none();
         let block = (cfg.method == MethodKind::Block).then_some(cfg.block);
         let scores = if masked {
             let shape: Vec<usize> = match block {
@@ -348,7 +401,40 @@ impl LayerPlan<'_> {
             scores,
             block,
             rank_weights,
+            pack,
         })
+    }
+
+    /// PackNet's ownership for this task, and the weights it starts from: the previous task's
+    /// state when `--init-from` holds one (`{name}.owned`, `.base`, `.claimed`), else the first
+    /// task's. Other methods: the weights as they are.
+    fn pack(&self, name: &str, weight: Tensor) -> Result<(Tensor, Option<Pack>)> {
+        if self.cfg.method != MethodKind::Packnet {
+            return Ok((weight, None));
+        }
+        let part = |suffix: &str| -> Result<Option<Tensor>> {
+            let key = format!("{name}.{suffix}");
+            match self.init.and_then(|m| m.get(&key)) {
+                Some(t) if t.dims() != weight.dims() => Err(Error::Config(format!(
+                    "--init-from: '{key}' is {:?}, the model needs {:?}",
+                    t.dims(),
+                    weight.dims()
+                ))),
+                Some(t) => Ok(Some(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)),
+                None => Ok(None),
+            }
+        };
+        let (weight, pack) = match (part("owned")?, part("base")?, part("claimed")?) {
+            (Some(owned), Some(base), Some(claimed)) => Pack::next(&weight, &Pack { owned, base, claimed })?,
+            _ => (weight.clone(), Pack::first(&weight)?),
+        };
+        let on = |t: &Tensor| t.to_device(self.device);
+        let pack = Pack {
+            owned: on(&pack.owned)?,
+            base: on(&pack.base)?,
+            claimed: on(&pack.claimed)?,
+        };
+        Ok((weight, Some(pack)))
     }
 }
 
@@ -647,6 +733,13 @@ impl Net {
             out.entry(format!("{}.weight", l.name))
                 .or_insert_with(|| l.weight.clone());
         }
+        for l in &self.layers {
+            if let Some(p) = &l.pack {
+                out.insert(format!("{}.owned", l.name), p.owned.clone());
+                out.insert(format!("{}.base", l.name), p.base.clone());
+                out.insert(format!("{}.claimed", l.name), p.claimed.clone());
+            }
+        }
         for n in &self.norms {
             out.insert(format!("{}.running_mean", n.name), n.running_mean.clone());
             out.insert(format!("{}.running_var", n.name), n.running_var.clone());
@@ -670,6 +763,12 @@ impl Net {
             }
             if let Some(s) = &l.scores {
                 s.set(get(&format!("{}.scores", l.name))?)?;
+            }
+            if let Some(p) = &mut l.pack {
+                let dev = p.owned.device().clone();
+                p.owned = get(&format!("{}.owned", l.name))?.to_device(&dev)?;
+                p.base = get(&format!("{}.base", l.name))?.to_device(&dev)?;
+                p.claimed = get(&format!("{}.claimed", l.name))?.to_device(&dev)?;
             }
         }
         for n in &mut self.norms {

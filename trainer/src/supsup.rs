@@ -18,7 +18,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
 
-use crate::config::FitConfig;
+use crate::config::{FitConfig, MethodKind};
 use crate::data::{Split, TaskFamily};
 use crate::error::{Error, Result};
 use crate::mask::{hard_mask, Binarize};
@@ -40,14 +40,20 @@ pub fn family(cfg: &FitConfig) -> Result<TaskFamily> {
 }
 
 /// Task `k`'s own configuration: its data, and the epochs that make `batches_per_task` steps.
-fn task_config(cfg: &FitConfig, k: usize) -> Result<FitConfig> {
+/// A PackNet task starts from the previous task's network, and needs two epochs at least (one
+/// to train, one to retrain after its prune).
+fn task_config(cfg: &FitConfig, dir: &Path, k: usize) -> Result<FitConfig> {
     let mut sub = FitConfig {
         task_index: k,
         ..cfg.clone()
     };
     let n = load_split(&sub, Split::Train)?.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size).max(1);
-    sub.epochs = ((cfg.batches_per_task as f64 / steps_per_epoch as f64).round() as usize).max(1);
+    let least = if cfg.method == MethodKind::Packnet { 2 } else { 1 };
+    sub.epochs = ((cfg.batches_per_task as f64 / steps_per_epoch as f64).round() as usize).max(least);
+    if cfg.method == MethodKind::Packnet && k > 0 {
+        sub.init_from = Some(task_dir(dir, k - 1));
+    }
     Ok(sub)
 }
 
@@ -75,7 +81,8 @@ pub fn fit_tasks(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epo
     let probe = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu);
     if probe.is_ok_and(|n| !n.norms.is_empty()) {
         return Err(Error::Config(format!(
-            "supsup does not support {} yet: its batch norms would need one set per task; use lenet-300-100 or fc-1024-1024",
+            "{} does not support {} yet: its batch norms would need one set per task; use lenet-300-100 or fc-1024-1024",
+            cfg.method.id(),
             cfg.model
         )));
     }
@@ -88,7 +95,7 @@ pub fn fit_tasks(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epo
         if opts.stop_after.is_some_and(|s| k >= s) {
             break;
         }
-        let sub = task_config(&cfg, k)?;
+        let sub = task_config(&cfg, dir, k)?;
         let sub_dir = task_dir(dir, k);
         let done = sub_dir.join("config.toml").exists() && Run::open(&sub_dir)?.metrics()?.len() >= sub.epochs;
         let history = if done {
@@ -184,9 +191,10 @@ fn masked_weights(net: &Net, rule: Binarize) -> Result<Vec<Tensor>> {
         .iter()
         .map(|l| {
             let w = l.weight_f32()?;
-            match &l.scores {
-                Some(s) => Ok(w.broadcast_mul(&l.to_weight_shape(hard_mask(s.as_tensor(), rule)?)?)?),
-                None => Ok(w),
+            match (&l.scores, &l.pack) {
+                (_, Some(p)) => p.effective(&w),
+                (Some(s), None) => Ok(w.broadcast_mul(&l.to_weight_shape(hard_mask(s.as_tensor(), rule)?)?)?),
+                (None, None) => Ok(w),
             }
         })
         .collect()
@@ -226,7 +234,7 @@ fn forward_tangents(net: &Net, mix: &[Tensor], dirs: &[Vec<Tensor>], x: &Tensor)
                     let mut ts = Vec::with_capacity(dirs.len());
                     for (k, d) in dirs.iter().enumerate() {
                         // Only masked layers move with α; an unmasked one has no `W ⊙ M_k` term.
-                        let own = if net.layers[l].scores.is_some() {
+                        let own = if net.layers[l].scores.is_some() || net.layers[l].pack.is_some() {
                             Some(product(&d[l], &h, node)?)
                         } else {
                             None

@@ -134,7 +134,8 @@ pub fn batch(ds: &Dataset, idx: &[usize], device: &Device) -> Result<(Tensor, Te
 /// How the method binarises scores at a point of training.
 pub fn rule_at(cfg: &FitConfig, epoch: usize, progress: f64) -> Binarize {
     match cfg.method {
-        MethodKind::Dense => Binarize::TopK { keep: 1.0, abs: true },
+        // PackNet's masks are its layers' ownership, not a rule over scores.
+        MethodKind::Dense | MethodKind::Packnet => Binarize::TopK { keep: 1.0, abs: true },
         MethodKind::Piggyback => Binarize::Threshold(cfg.threshold),
         MethodKind::EdgePopup | MethodKind::Block | MethodKind::Dnw => Binarize::TopK {
             keep: cfg.keep,
@@ -389,15 +390,15 @@ struct Replica {
     device: Device,
 }
 
-/// Trains a run in `dir` (or continues it), returning every epoch's metrics (for SupSup, one
-/// line per task: [`crate::supsup`]).
+/// Trains a run in `dir` (or continues it), returning every epoch's metrics (for SupSup and
+/// PackNet, one line per task: [`crate::supsup`]).
 pub fn fit(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<EpochMetrics>> {
-    let supsup = if opts.resume {
-        Run::open(dir).is_ok_and(|r| r.cfg.method == MethodKind::Supsup)
+    let sequence = if opts.resume {
+        Run::open(dir).is_ok_and(|r| r.cfg.method.is_sequence())
     } else {
-        cfg.method == MethodKind::Supsup
+        cfg.method.is_sequence()
     };
-    if supsup {
+    if sequence {
         crate::supsup::fit_tasks(dir, cfg, opts)
     } else {
         fit_one(dir, cfg, opts)
@@ -518,6 +519,12 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
             break;
         }
         let t0 = Instant::now();
+        if cfg.method == MethodKind::Packnet && epoch == crate::packnet::prune_epoch(&cfg) {
+            let share = crate::packnet::share(&cfg)?;
+            for rep in &mut replicas {
+                crate::packnet::prune(&mut rep.net, share)?;
+            }
+        }
         let lr = match cfg.schedule {
             Schedule::Cosine => cosine_lr(cfg.lr, epoch, cfg.epochs),
             Schedule::Constant => cfg.lr,

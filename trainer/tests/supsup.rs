@@ -76,6 +76,92 @@ fn tasks_train_in_turn_resume_infer_and_export() {
     assert!(summary.bits_per_weight < 3.5, "{summary:?}");
 }
 
+/// PackNet: tasks in turn, each owning its share of the weights; earlier tasks' weights never
+/// move; resumed midway, the same network.
+#[test]
+fn packnet_tasks_own_their_weights_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    let cfg = FitConfig {
+        data: data.clone(),
+        task: Some("permuted:3".into()),
+        batches_per_task: 40,
+        ..FitConfig::defaults(MethodKind::Packnet)
+    };
+    let whole = tmp.path().join("whole");
+    let all = fit(&whole, cfg.clone(), QUIET).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|m| m.test_accuracy > 0.5), "{all:?}");
+    // Task k uses (k + 1)/3 of every layer's weights.
+    for (k, m) in all.iter().enumerate() {
+        for (name, d) in &m.density {
+            assert!((d - (k + 1) as f64 / 3.0).abs() < 1e-3, "task {k} {name}: {d}");
+        }
+    }
+    let cpu = candle_core::Device::Cpu;
+    let nets: Vec<_> = (0..3)
+        .map(|k| {
+            smk_trainer::train::Run::open(&supsup::task_dir(&whole, k))
+                .unwrap()
+                .load_net(&cpu)
+                .unwrap()
+                .0
+        })
+        .collect();
+    let rule = smk_trainer::train::rule_at(&cfg, 0, 0.0);
+    for l in 0..nets[0].layers.len() {
+        let values = |k: usize| -> (Vec<f32>, Vec<f32>) {
+            let layer = &nets[k].layers[l];
+            let w = layer
+                .effective_weight(rule)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let m = layer
+                .hard_mask_grid(rule)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (w, m)
+        };
+        let (w0, m0) = values(0);
+        let (w2, m2) = values(2);
+        for i in 0..w0.len() {
+            assert!(m0[i] <= m2[i], "masks grow");
+            if m0[i] == 1.0 {
+                assert_eq!(w0[i], w2[i], "layer {l} weight {i}: task 0's weights moved");
+            } else {
+                assert_eq!(w0[i], 0.0, "layer {l} weight {i}: outside task 0's mask");
+            }
+        }
+    }
+    let report = supsup::evaluate(&whole, None, &cpu).unwrap();
+    let mean = all.iter().map(|m| m.test_accuracy).sum::<f64>() / 3.0;
+    assert!((report.task_given_accuracy - mean).abs() < 1e-9, "{report:?}");
+
+    let split = tmp.path().join("split");
+    fit(
+        &split,
+        cfg.clone(),
+        FitOptions {
+            stop_after: Some(2),
+            ..QUIET
+        },
+    )
+    .unwrap();
+    let rest = fit(&split, cfg, FitOptions { resume: true, ..QUIET }).unwrap();
+    for (a, b) in all.iter().zip(&rest) {
+        assert_eq!(a.test_accuracy, b.test_accuracy, "task {}", a.epoch);
+    }
+}
+
 #[test]
 fn data_writes_every_task_as_idx() {
     let tmp = tempfile::tempdir().unwrap();
