@@ -369,6 +369,13 @@ pub enum Error {
         /// Block (in storage order).
         block: u64,
     },
+    /// Verification: bits past the last column of a row of signs are set.
+    SignPaddingBits {
+        /// Tensor index.
+        tensor: u32,
+        /// The row.
+        row: u64,
+    },
     /// Verification: two mask sets share a name.
     DuplicateMaskSetName {
         /// The later set.
@@ -434,6 +441,7 @@ impl core::fmt::Display for Error {
             MaskPaddingBits { set, entry, row } => write!(f, "mask set {set}, entry {entry}: padding bits of row {row} are set"),
             PackedMaskMismatch { tensor, block_row } => write!(f, "tensor {tensor}: packed block index and block mask disagree in block row {block_row}"),
             TilePaddingNotZero { tensor, block } => write!(f, "tensor {tensor}: padding elements of stored block {block} are not zero"),
+            SignPaddingBits { tensor, row } => write!(f, "tensor {tensor}: padding bits of sign row {row} are set"),
             DuplicateMaskSetName { set } => write!(f, "mask set {set} repeats the name of an earlier set"),
             InvalidInput { reason } => write!(f, "cannot write model: {reason}"),
         }

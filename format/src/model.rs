@@ -78,6 +78,11 @@ pub enum Storage {
     Bf16,
     /// Regenerated from a seed.
     Seeded(SeededInit),
+    /// One bit per element: `+scale` where it is set, `−scale` where it is clear (format 1.1).
+    Signs {
+        /// The magnitude of every element.
+        scale: f32,
+    },
 }
 
 impl Storage {
@@ -88,6 +93,7 @@ impl Storage {
             Storage::F16 => StorageKind::F16,
             Storage::Bf16 => StorageKind::Bf16,
             Storage::Seeded(_) => StorageKind::Seeded,
+            Storage::Signs { .. } => StorageKind::Signs,
         }
     }
 }
@@ -192,7 +198,17 @@ impl<'a> Tensor<'a> {
         bytemuck::try_cast_slice(self.data).ok()
     }
 
-    /// The `i`-th stored element, decoded to f32 (0 when out of range or seeded).
+    /// The stored sign words as `&[u64]` (`ceil(cols / 64)` per row), when stored as signs,
+    /// aligned, on a little-endian target.
+    pub fn as_sign_words(&self) -> Option<&'a [u64]> {
+        if !matches!(self.storage, Storage::Signs { .. }) || cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.data).ok()
+    }
+
+    /// The `i`-th stored element, decoded to f32 (0 when out of range, seeded or signs, whose
+    /// elements are bits: see [`Tensor::value`]).
     pub fn stored(&self, i: u64) -> f32 {
         let r = Rec::new(self.data, 0);
         let i = usize_of(i);
@@ -200,7 +216,7 @@ impl<'a> Tensor<'a> {
             Storage::F32 => f32::from_bits(r.u32(i.saturating_mul(4))),
             Storage::F16 => half::f16::from_bits(r.u16(i.saturating_mul(2))).to_f32(),
             Storage::Bf16 => half::bf16::from_bits(r.u16(i.saturating_mul(2))).to_f32(),
-            Storage::Seeded(_) => 0.0,
+            Storage::Seeded(_) | Storage::Signs { .. } => 0.0,
         }
     }
 
@@ -214,6 +230,15 @@ impl<'a> Tensor<'a> {
         }
         match (self.storage, self.layout) {
             (Storage::Seeded(init), _) => init.value(init.key(), cols, row, col),
+            (Storage::Signs { scale }, _) => {
+                let word = row * cols.div_ceil(64) + col / 64;
+                let bits = Rec::new(self.data, 0).u64(usize_of(word).saturating_mul(8));
+                if bits >> (col % 64) & 1 == 1 {
+                    scale
+                } else {
+                    -scale
+                }
+            }
             (_, Layout::RowMajor) => self.stored(row * cols + col),
             (_, Layout::TileMajor { block }) => {
                 let (br, bc) = (block[0] as u64, block[1] as u64);
@@ -1054,6 +1079,34 @@ impl<'a> Model<'a> {
             return Ok(shape);
         }
 
+        if storage == StorageKind::Signs {
+            if layout != LayoutKind::RowMajor || block != [0, 0] {
+                return Err(Error::LayoutMismatch {
+                    tensor: t,
+                    reason: "signs are stored row-major, a row of 64-bit words each",
+                });
+            }
+            if matches!(mask, Some((MaskKind::Block, _))) {
+                return Err(Error::LayoutMismatch {
+                    tensor: t,
+                    reason: "signs take element masks only",
+                });
+            }
+            if r.u32(36) != NONE {
+                return Err(field("index_section", r.u32(36) as u64));
+            }
+            check_zero(&r, 40, 56)?;
+            check_zero(&r, 60, 64)?;
+            let scale = f32::from_bits(r.u32(56));
+            if !(scale.is_finite() && scale.is_sign_positive()) {
+                return Err(field("scale", r.u32(56) as u64));
+            }
+            let (rows, cols) = shape.matrix();
+            let data = p.payload(&r, 32, SectionKind::TensorData)?;
+            Parser::expect_len(&data, rows * cols.div_ceil(64) * 8)?;
+            return Ok(shape);
+        }
+
         check_zero(&r, 40, 64)?;
         let esize = storage.element_bytes();
         let (rows, cols) = shape.matrix();
@@ -1153,6 +1206,18 @@ impl<'a> Model<'a> {
             }
         }
         for t in self.tensors() {
+            if let Storage::Signs { .. } = t.storage {
+                let (rows, cols) = t.matrix();
+                let (words, tail) = (cols.div_ceil(64), cols % 64);
+                let r = Rec::new(t.data, 0);
+                for row in 0..rows {
+                    let last = r.u64(usize_of((row * words + words - 1).saturating_mul(8)));
+                    if tail != 0 && last >> tail != 0 {
+                        return Err(Error::SignPaddingBits { tensor: t.index, row });
+                    }
+                }
+                continue;
+            }
             let (block, packed) = match t.layout {
                 Layout::RowMajor => continue,
                 Layout::TileMajor { block } => (block, None),
@@ -1292,6 +1357,9 @@ impl<'a> Model<'a> {
                 stream: r.u32(44),
                 scale: f32::from_bits(r.u32(56)),
             }),
+            StorageKind::Signs => Storage::Signs {
+                scale: f32::from_bits(r.u32(56)),
+            },
         };
         let section = |field: usize| {
             let i = r.u32(field);

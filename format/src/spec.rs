@@ -1,4 +1,4 @@
-//! Constants and enumerations of the .smk format, version 1.0.
+//! Constants and enumerations of the .smk format, version 1.1.
 //!
 //! Every number here is defined in `FORMAT.md`; this module is the one place the code spells them.
 
@@ -7,8 +7,10 @@
 pub const MAGIC: [u8; 8] = *b"\x89SMK\r\n\x1a\n";
 /// Major version: bumped only for structural change. Readers refuse other majors.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version written by this crate. Readers accept any minor of their major.
-pub const VERSION_MINOR: u16 = 0;
+/// The newest minor version this crate reads and writes. Readers accept any minor of their
+/// major; the writer writes the oldest minor that has every feature a file uses (1.0 unless it
+/// stores signs).
+pub const VERSION_MINOR: u16 = 1;
 /// The byte-order marker, stored little-endian (bytes `04 03 02 01`).
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;
 
@@ -168,16 +170,19 @@ code_enum! {
         Bf16 = 3 => "bf16",
         /// Not stored: regenerated from a seed (see the `seeded` module).
         Seeded = 4 => "seeded",
+        /// One bit per element, `+scale` or `−scale` (format 1.1): learned binary weights.
+        Signs = 5 => "signs",
     }
 }
 
 impl StorageKind {
-    /// Bytes per stored element, 0 for seeded.
+    /// Bytes per stored element: 0 for seeded, and for signs, which store bits (a row of
+    /// `cols` signs is `ceil(cols / 64)` 64-bit words).
     pub fn element_bytes(self) -> u64 {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::Bf16 => 2,
-            Self::Seeded => 0,
+            Self::Seeded | Self::Signs => 0,
         }
     }
 }

@@ -35,6 +35,13 @@ pub enum TensorData {
     Bf16(Vec<half::bf16>),
     /// Not stored: regenerated from the seed.
     Seeded(SeededInit),
+    /// One bit per element (format 1.1): `+scale` where `positive`, else `−scale`.
+    Signs {
+        /// Each element's sign, row-major.
+        positive: Vec<bool>,
+        /// The magnitude of every element.
+        scale: f32,
+    },
 }
 
 /// A tensor handed to the builder.
@@ -63,6 +70,14 @@ impl TensorSpec {
                 }
                 usize::try_from(shape.numel()).unwrap_or(usize::MAX)
             }
+            TensorData::Signs { positive, scale } => {
+                if !(scale.is_finite() && scale.is_sign_positive()) {
+                    return Err(Error::InvalidInput {
+                        reason: "the scale of signs must be finite and not negative",
+                    });
+                }
+                positive.len()
+            }
         };
         if len as u64 != shape.numel() {
             return Err(Error::InvalidInput {
@@ -86,6 +101,11 @@ impl TensorSpec {
         Self::new(name, dims, TensorData::Seeded(init))
     }
 
+    /// A tensor of signs: `±scale`, one bit per element.
+    pub fn signs(name: impl Into<String>, dims: &[u32], positive: Vec<bool>, scale: f32) -> Result<Self> {
+        Self::new(name, dims, TensorData::Signs { positive, scale })
+    }
+
     /// Its shape.
     pub fn shape(&self) -> Shape {
         self.shape
@@ -102,6 +122,7 @@ impl TensorSpec {
             TensorData::F16(_) => StorageKind::F16,
             TensorData::Bf16(_) => StorageKind::Bf16,
             TensorData::Seeded(_) => StorageKind::Seeded,
+            TensorData::Signs { .. } => StorageKind::Signs,
         }
     }
 
@@ -111,7 +132,7 @@ impl TensorSpec {
             TensorData::F32(v) => out.extend_from_slice(&i.map_or(0.0, |i| v[i]).to_le_bytes()),
             TensorData::F16(v) => out.extend_from_slice(&i.map_or(0, |i| v[i].to_bits()).to_le_bytes()),
             TensorData::Bf16(v) => out.extend_from_slice(&i.map_or(0, |i| v[i].to_bits()).to_le_bytes()),
-            TensorData::Seeded(_) => {}
+            TensorData::Seeded(_) | TensorData::Signs { .. } => {}
         }
     }
 }
@@ -513,6 +534,9 @@ impl ModelBuilder {
         if mask.kind == MaskKind::Block && !mask.block.iter().all(|s| (1..=caps::BLOCK_SIDE).contains(s)) {
             return Err(invalid("block sides must be 1 to 1024"));
         }
+        if mask.kind == MaskKind::Block && matches!(self.tensors[tensor as usize].data, TensorData::Signs { .. }) {
+            return Err(invalid("signs take element masks only"));
+        }
         let shape = self.tensors[tensor as usize].shape;
         let (rows, cols) = shape.matrix();
         let grid = (rows.div_ceil(mask.block[0] as u64), cols.div_ceil(mask.block[1] as u64));
@@ -618,6 +642,9 @@ impl ModelBuilder {
                 r[48..56].copy_from_slice(&init.seed.to_le_bytes());
                 r[56..60].copy_from_slice(&init.scale.to_bits().to_le_bytes());
             } else {
+                if let TensorData::Signs { scale, .. } = spec.data {
+                    r[56..60].copy_from_slice(&scale.to_bits().to_le_bytes());
+                }
                 let masked = self.masked.get(&(t as u32)).filter(|m| m.kind == MaskKind::Block);
                 let (layout, data, index) = match masked {
                     None => (LayoutKind::RowMajor, self.row_major(spec), None),
@@ -746,13 +773,20 @@ impl ModelBuilder {
                 metadata.extend_from_slice(&intern(v));
             }
         }
+        // The oldest minor version that has every feature the file uses.
+        let minor: u16 = if self.tensors.iter().any(|t| matches!(t.data, TensorData::Signs { .. })) {
+            1
+        } else {
+            0
+        };
+        debug_assert!(minor <= VERSION_MINOR);
         let mut history = Vec::new();
         if !self.history.is_empty() {
             put32(&mut history, self.history.len() as u32);
             history.resize(record::LIST_HEADER, 0);
             for (time, tool, note) in &self.history {
                 history.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
-                history.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+                history.extend_from_slice(&minor.to_le_bytes());
                 put32(&mut history, 0);
                 history.extend_from_slice(&time.to_le_bytes());
                 history.extend_from_slice(&intern(tool));
@@ -781,13 +815,25 @@ impl ModelBuilder {
         if sections.len() > caps::SECTIONS as usize {
             return Err(invalid("too many sections"));
         }
-        let bytes = layout_file(&sections, self.alignment);
+        let bytes = layout_file(&sections, self.alignment, minor);
         let model = Model::parse(&bytes)?;
         model.verify()?;
         Ok(bytes)
     }
 
     fn row_major(&self, spec: &TensorSpec) -> Vec<u8> {
+        if let TensorData::Signs { positive, .. } = &spec.data {
+            // Each row whole 64-bit words, bit j of word w the sign of column 64w + j.
+            let cols = spec.shape.matrix().1 as usize;
+            let mut out = Vec::with_capacity(positive.len() / 8 + 8);
+            for row in positive.chunks(cols) {
+                for word in row.chunks(64) {
+                    let bits = word.iter().enumerate().fold(0u64, |acc, (j, &p)| acc | (p as u64) << j);
+                    out.extend_from_slice(&bits.to_le_bytes());
+                }
+            }
+            return out;
+        }
         let n = spec.shape.numel() as usize;
         let mut out = Vec::with_capacity(n * spec.storage().element_bytes() as usize);
         for i in 0..n {
@@ -847,7 +893,7 @@ fn put_dims(v: &mut Vec<u8>, s: Shape) {
 }
 
 /// Header, section table, and sections each at the aligned end of the previous one.
-fn layout_file(sections: &[(SectionKind, &[u8])], alignment: u32) -> Vec<u8> {
+fn layout_file(sections: &[(SectionKind, &[u8])], alignment: u32, minor: u16) -> Vec<u8> {
     let align = alignment as u64;
     let header_len = HEADER_LEN + SECTION_ENTRY_LEN * sections.len();
     let mut offsets = Vec::with_capacity(sections.len());
@@ -860,7 +906,7 @@ fn layout_file(sections: &[(SectionKind, &[u8])], alignment: u32) -> Vec<u8> {
     let mut out = vec![0u8; end as usize];
     out[0..8].copy_from_slice(&MAGIC);
     out[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
-    out[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+    out[10..12].copy_from_slice(&minor.to_le_bytes());
     out[12..16].copy_from_slice(&BYTE_ORDER_MARK.to_le_bytes());
     out[20..24].copy_from_slice(&alignment.to_le_bytes());
     out[24..28].copy_from_slice(&(sections.len() as u32).to_le_bytes());

@@ -20,6 +20,7 @@ fn expected_values(spec: &TensorSpec, data: &TensorData) -> Vec<f32> {
             init.fill(cols as usize, &mut out);
             out
         }
+        TensorData::Signs { positive, scale } => positive.iter().map(|&p| if p { *scale } else { -scale }).collect(),
     }
 }
 
