@@ -36,7 +36,11 @@ fn signs_read_back_as_plus_or_minus_the_scale() {
     assert_eq!(m.version(), (1, 1), "a file with signs is a 1.1 file");
     let t = m.tensors().next().unwrap();
     assert_eq!(t.storage, Storage::Signs { scale: SCALE });
-    assert_eq!(t.data.len(), (ROWS * COLS.div_ceil(64) * 8) as usize, "one bit a weight");
+    assert_eq!(
+        t.data.len(),
+        (ROWS * COLS.div_ceil(64) * 8) as usize,
+        "one bit a weight"
+    );
     let dense = t.to_f32_vec().unwrap();
     for r in 0..ROWS as u64 {
         for c in 0..COLS as u64 {
@@ -99,7 +103,9 @@ fn hostile_signs_are_refused() {
         .unwrap();
     let set = b.mask_set("only").unwrap();
     let grid = (ROWS.div_ceil(2) * COLS.div_ceil(2)) as usize;
-    assert!(b.set_mask(set, fc, MaskSpec::block_bools([2, 2], &vec![true; grid])).is_err());
+    assert!(b
+        .set_mask(set, fc, MaskSpec::block_bools([2, 2], &vec![true; grid]))
+        .is_err());
     assert!(TensorSpec::signs("w", &[2, 2], vec![true; 4], f32::NAN).is_err());
     assert!(TensorSpec::signs("w", &[2, 2], vec![true; 3], 1.0).is_err());
 }

@@ -60,6 +60,9 @@ enum Path {
     SignedBlocks { r: usize, c: usize },
     /// Other seeded weights: each row generated, then a dense row.
     Generated,
+    /// Stored signs (learned binary weights), no mask or an element mask: eight rows at a time
+    /// written out as `±scale` (masked ones zero), then dense rows.
+    StoredSigns,
     /// Anything else the format allows: the plain reference loop.
     Reference,
 }
@@ -72,6 +75,7 @@ fn path(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> Path {
             Storage::F32 => t.as_f32().is_some(),
             Storage::F16 | Storage::Bf16 => t.as_u16().is_some(),
             Storage::Seeded(_) => true,
+            Storage::Signs { .. } => t.as_sign_words().is_some(),
         };
     if !aligned {
         return Path::Reference;
@@ -84,6 +88,8 @@ fn path(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> Path {
             c: b[1] as usize,
         },
         (Storage::Seeded(_), _, _) => Path::Generated,
+        (Storage::Signs { .. }, Layout::RowMajor, None) => Path::StoredSigns,
+        (Storage::Signs { .. }, _, _) => Path::Reference,
         (_, Layout::RowMajor, None) => Path::Dense,
         (_, Layout::TileMajor { block: tb } | Layout::Packed { block: tb, .. }, b)
             if mask.is_none() || b == Some(tb) =>
@@ -109,6 +115,8 @@ pub(crate) fn kernel_name(t: &Tensor<'_>, mask: Option<&Mask<'_>>) -> &'static s
         (Path::Signed, _) => "signed-constant",
         (Path::SignedBlocks { .. }, _) => "signed-constant, block mask",
         (Path::Generated, _) => "generated rows",
+        (Path::StoredSigns, _) if element => "signs, element mask",
+        (Path::StoredSigns, _) => "signs",
         (Path::Reference, _) => "reference loop",
     }
 }
@@ -206,6 +214,8 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
         })?,
         Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
         Path::Generated => cols,
+        // The inputs transposed (batch-major only), and eight rows written out.
+        Path::StoredSigns => outer(cols)?.checked_add(kernels::OUTER_ROWS.checked_mul(cols)?)?,
     };
     Some(round_up(n, 16))
 }
@@ -289,7 +299,7 @@ pub(crate) fn matvec(
                     // SAFETY: as above; `Bf16` is a transparent u16.
                     unsafe { on_isa!(isa, dense_outer(w.as_ptr().cast::<Bf16>(), m, geometry, xt, yp)) }
                 }
-                Storage::Seeded(_) => return Err(bad),
+                Storage::Seeded(_) | Storage::Signs { .. } => return Err(bad),
             }
         }
         Path::Dense => {
@@ -322,7 +332,7 @@ pub(crate) fn matvec(
                         )
                     }
                 }
-                Storage::Seeded(_) => return Err(bad),
+                Storage::Seeded(_) | Storage::Signs { .. } => return Err(bad),
             }
         }
         Path::Blocks { r, c } => match t.storage {
@@ -349,7 +359,7 @@ pub(crate) fn matvec(
                 let w: &[Bf16] = bytemuck_u16(t.as_u16().ok_or(bad)?);
                 blocks(isa, t, mask, w, r, c, rows, cols, x, y, io, work, layer)?
             }
-            Storage::Seeded(_) => return Err(bad),
+            Storage::Seeded(_) | Storage::Signs { .. } => return Err(bad),
         },
         Path::Signed if io.batch >= OUTER_MIN_BATCH => {
             // Many inputs: write eight rows out at a time and run them batch-major, so that
@@ -525,6 +535,66 @@ pub(crate) fn matvec(
                         dense_rows(row.as_ptr(), mo, g, x.as_ptr(), y.as_mut_ptr().add(o * io.y_row))
                     )
                 }
+            }
+        }
+        Path::StoredSigns => {
+            let Storage::Signs { scale } = t.storage else {
+                return Err(bad);
+            };
+            let signs = t
+                .as_sign_words()
+                .filter(|s| s.len() >= rows * words)
+                .ok_or(bad.clone())?;
+            let m = element_mask(mask)?;
+            let outer = io.batch >= OUTER_MIN_BATCH;
+            let (xt, rest) = if outer {
+                let bp = round_up(io.batch, lanes(isa));
+                let (xt, rest) = work.split_at_mut(round_up(cols * bp, 16));
+                transpose(x, io, cols, cols, bp, xt);
+                (&xt[..], rest)
+            } else {
+                (&[][..], work)
+            };
+            let panel = rest.get_mut(..kernels::OUTER_ROWS * cols).ok_or(bad.clone())?;
+            let mut o0 = 0;
+            while o0 < rows {
+                let rn = kernels::OUTER_ROWS.min(rows - o0);
+                let mo = if m.is_null() { m } else { m.wrapping_add(o0 * words) };
+                let g = Rows { rows: rn, ..geometry };
+                // SAFETY: `isa` is available; `signs` and the mask (when present) hold every
+                // row's words, so rows o0 .. o0 + rn are inside them; `panel` holds rn·cols
+                // values; `xt` (batch-major) holds cols·bp; rows o0 .. o0 + rn of every input's
+                // outputs are inside `y` (checked above).
+                unsafe {
+                    on_isa!(
+                        isa,
+                        signed_panel(signs.as_ptr().add(o0 * words), mo, rn, cols, scale, panel.as_mut_ptr())
+                    );
+                    if outer {
+                        on_isa!(
+                            isa,
+                            dense_outer(
+                                panel.as_ptr(),
+                                core::ptr::null(),
+                                g,
+                                xt.as_ptr(),
+                                y.as_mut_ptr().add(o0 * io.y_row)
+                            )
+                        );
+                    } else {
+                        on_isa!(
+                            isa,
+                            dense_rows(
+                                panel.as_ptr(),
+                                core::ptr::null(),
+                                g,
+                                x.as_ptr(),
+                                y.as_mut_ptr().add(o0 * io.y_row)
+                            )
+                        );
+                    }
+                }
+                o0 += rn;
             }
         }
         Path::Reference => {

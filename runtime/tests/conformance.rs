@@ -18,6 +18,8 @@ enum Weights {
     F32,
     F16,
     Bf16,
+    /// Stored signs (learned binary weights), which take element masks only.
+    Signs,
     Signed,
     Uniform,
     Normal,
@@ -75,6 +77,7 @@ impl Problem {
                 TensorData::Bf16(values(self.seed, n).into_iter().map(half::bf16::from_f32).collect()),
             )
             .unwrap(),
+            Weights::Signs => TensorSpec::signs(name, &dims, bits(self.seed + 5, n, 0.5), 0.125).unwrap(),
             Weights::Signed => seeded(InitRule::SignedConstant),
             Weights::Uniform => seeded(InitRule::Uniform),
             Weights::Normal => seeded(InitRule::Normal),
@@ -84,7 +87,11 @@ impl Problem {
             .then(|| TensorSpec::f32("fc.bias", &[rows], values(self.seed + 1, rows as usize)).unwrap());
         let mut b = ModelBuilder::new(&[cols]).unwrap();
         let fc = b.linear("fc", w, bias).unwrap();
-        match self.mask {
+        let mask = match (self.weights, self.mask) {
+            (Weights::Signs, MaskKind::Block { .. }) => MaskKind::Element,
+            (_, m) => m,
+        };
+        match mask {
             MaskKind::None => {}
             MaskKind::Element => {
                 let s = b.mask_set("task").unwrap();
@@ -137,10 +144,11 @@ impl Problem {
     }
 }
 
-const WEIGHTS: [Weights; 6] = [
+const WEIGHTS: [Weights; 7] = [
     Weights::F32,
     Weights::F16,
     Weights::Bf16,
+    Weights::Signs,
     Weights::Signed,
     Weights::Uniform,
     Weights::Normal,
@@ -186,7 +194,7 @@ fn pinned_edges_every_kind() {
 fn random_problems() {
     for i in 0..400u64 {
         let r = |k: u64, n: u64| draw(0x5EED + i, k) % n;
-        let weights = WEIGHTS[r(0, 6) as usize];
+        let weights = WEIGHTS[r(0, WEIGHTS.len() as u64) as usize];
         let (br, bc) = BLOCKS[r(1, BLOCKS.len() as u64) as usize];
         let mask = match r(2, 4) {
             0 => MaskKind::None,
@@ -249,7 +257,7 @@ fn trained_shapes() {
 /// inputs) at their edges: 1,100 columns, 7 rows, 4 to 9 inputs.
 #[test]
 fn batch_tiles_and_column_passes() {
-    for (k, &weights) in WEIGHTS[..3].iter().enumerate() {
+    for (k, &weights) in WEIGHTS[..4].iter().enumerate() {
         for mask in [MaskKind::None, MaskKind::Element] {
             for batch in [4, 6, 9] {
                 Problem {

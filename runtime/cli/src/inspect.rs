@@ -9,6 +9,7 @@ use std::process::ExitCode;
 fn storage_name(t: &Tensor<'_>) -> String {
     match t.storage {
         Storage::Seeded(init) => format!("seeded {} (seed {}, scale {})", init.rule.name(), init.seed, init.scale),
+        Storage::Signs { scale } => format!("signs (±{scale}, 1 bit a weight)"),
         s => s.kind().name().to_string(),
     }
 }

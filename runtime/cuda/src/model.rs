@@ -258,7 +258,7 @@ fn storage_kind(s: &Storage) -> Option<usize> {
         Storage::F32 => Some(0),
         Storage::F16 => Some(1),
         Storage::Bf16 => Some(2),
-        Storage::Seeded(_) => None,
+        Storage::Seeded(_) | Storage::Signs { .. } => None,
     }
 }
 
@@ -619,6 +619,20 @@ impl GpuModel {
                 },
                 words,
             },
+            // Learned binary weights: widened to f32 on the host, one time, and run as stored
+            // f32 rows (a kernel that reads the sign words in place is not written yet).
+            (Storage::Signs { .. }, Layout::RowMajor, m) => {
+                let dense = w
+                    .to_f32_vec()
+                    .ok_or_else(|| unsupported("signs too large to widen in memory"))?;
+                let bytes: Vec<u8> = dense.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Product::Rows {
+                    kind: 0,
+                    data: stream.clone_htod(&bytes)?,
+                    mask: element(m)?,
+                    words,
+                }
+            }
             (s, Layout::RowMajor, m) => Product::Rows {
                 kind: storage_kind(s).ok_or_else(|| unsupported("this storage"))?,
                 data: stream.clone_htod(w.data)?,

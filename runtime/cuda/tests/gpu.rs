@@ -14,6 +14,8 @@ enum Weights {
     F32,
     F16,
     Bf16,
+    /// Stored signs: element masks only.
+    Signs,
     Signed,
     Uniform,
     Normal,
@@ -59,6 +61,7 @@ fn weight(name: &str, dims: [u32; 2], w: Weights, seed: u64) -> TensorSpec {
             let v = values(seed, n).into_iter().map(half::bf16::from_f32).collect();
             TensorSpec::new(name, &dims, TensorData::Bf16(v)).unwrap()
         }
+        Weights::Signs => TensorSpec::signs(name, &dims, bits(seed + 9, n, 0.5), 0.1).unwrap(),
         Weights::Signed => seeded(InitRule::SignedConstant),
         Weights::Uniform => seeded(InitRule::Uniform),
         Weights::Normal => seeded(InitRule::Normal),
@@ -105,20 +108,20 @@ fn gpu_matches_the_cpu_runtime() {
         Weights::F32,
         Weights::F16,
         Weights::Bf16,
+        Weights::Signs,
         Weights::Signed,
         Weights::Uniform,
         Weights::Normal,
     ] {
         let stored = matches!(w, Weights::F32 | Weights::F16 | Weights::Bf16);
-        let mut masks = vec![
-            Mask::None,
-            Mask::Element,
-            Mask::Block {
+        let mut masks = vec![Mask::None, Mask::Element];
+        if !matches!(w, Weights::Signs) {
+            masks.push(Mask::Block {
                 r: 16,
                 c: 16,
                 packed: false,
-            },
-        ];
+            });
+        }
         if stored {
             masks.push(Mask::Block {
                 r: 16,
