@@ -222,6 +222,48 @@ fn packnet_tasks_agree() {
     }
 }
 
+/// Learned binary weights, alone and under a top-k mask: the file stores one bit per weight
+/// (and the mask), and the runtime gives what the trainer gives.
+#[test]
+fn binary_weights_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    trainer_common::small_data(&data);
+    for (keep, model) in [(1.0, "lenet-300-100"), (0.5, "lenet-300-100"), (0.5, "lenet-5")] {
+        let dir = tmp.path().join(format!("binary-{keep}-{model}"));
+        let cfg = FitConfig {
+            data: data.clone(),
+            model: model.into(),
+            epochs: 2,
+            batch_size: 64,
+            keep,
+            ..FitConfig::defaults(MethodKind::Binary)
+        };
+        fit(&dir, cfg, FitOptions::default()).unwrap();
+        let p = parity(&dir, WeightsDtype::F32);
+        check(&p, WeightsDtype::F32, &format!("binary {model} keep {keep}"));
+        let run = Run::open(&dir).unwrap();
+        let (net, _, rule) = run.load_net(&Device::Cpu).unwrap();
+        let bytes = to_smk(&net, &run, rule, WeightsDtype::F32).unwrap();
+        let m = Model::parse(&bytes).unwrap();
+        for l in &net.layers {
+            let t = m.tensors().find(|t| t.name == format!("{}.weight", l.name)).unwrap();
+            assert!(
+                matches!(t.storage, smk_format::Storage::Signs { .. }),
+                "{}: {:?}",
+                l.name,
+                t.storage
+            );
+        }
+        assert_eq!(
+            m.mask_set_count(),
+            if keep < 1.0 { 1 } else { 0 },
+            "{model} keep {keep}"
+        );
+    }
+}
+
 /// The same check on every run under `runs/table` (the trainer's results table), on the whole
 /// test split: `cargo test -p smk-tests --release -- --ignored --nocapture`.
 #[test]

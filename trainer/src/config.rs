@@ -35,6 +35,12 @@ pub enum MethodKind {
     /// network; each trains the weights still free, keeps its share by magnitude, retrains them,
     /// and owns them from then on. Each task's mask is the weights it and earlier tasks own.
     Packnet,
+    /// Learned binary weights (BinaryConnect, Courbariaux et al., 2015): real latent weights
+    /// train, the forward pass uses `±scale` by their signs (straight-through), and they are
+    /// clipped to `[−scale, scale]` after each step. With `--keep` below 1 each layer also keeps
+    /// its top-k latent weights by magnitude (DNW's rule): a mask over signs. Exported as one
+    /// bit per weight (and the mask).
+    Binary,
 }
 
 impl MethodKind {
@@ -42,7 +48,7 @@ impl MethodKind {
     pub fn trains_weights(self) -> bool {
         matches!(
             self,
-            Self::Dense | Self::MovementHard | Self::MovementSoft | Self::Dnw | Self::Packnet
+            Self::Dense | Self::MovementHard | Self::MovementSoft | Self::Dnw | Self::Packnet | Self::Binary
         )
     }
     /// Whether a run trains a task family one task after another (`RUN/task-K/`).
@@ -65,6 +71,7 @@ impl MethodKind {
             Self::Dnw => "dnw",
             Self::Supsup => "supsup",
             Self::Packnet => "packnet",
+            Self::Binary => "binary",
         }
     }
 }
@@ -291,6 +298,15 @@ impl FitConfig {
                 c.weight_decay = 0.0;
                 c.schedule = Schedule::Constant;
                 c.outputs = Some(100);
+            }
+            // BinaryConnect's recipe: Adam on latent weights that start uniform; all of them
+            // binary unless --keep is set.
+            MethodKind::Binary => {
+                c.keep = 1.0;
+                c.weights = WeightInit::KaimingUniform;
+                c.optimizer = OptimizerKind::Adam;
+                c.lr = 1e-3;
+                c.weight_decay = 0.0;
             }
             MethodKind::MovementHard | MethodKind::MovementSoft => {
                 c.weights = WeightInit::KaimingNormal;

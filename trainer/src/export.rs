@@ -48,7 +48,7 @@ fn compacted_spec(
     let w = stored_values(l)?;
     let values = compact::select(&w, c, rows, cols);
     let dims = [rows.map_or(r, |k| k.len()), cols.map_or(c, |k| k.len())];
-    stored(format!("{}.weight", l.name), &dims, values, dtype)
+    stored_spec(l, format!("{}.weight", l.name), &dims, values, dtype)
 }
 
 fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
@@ -59,7 +59,26 @@ fn weight_spec(l: &MaskedLayer, dtype: WeightsDtype) -> Result<TensorSpec> {
         // rounded to that precision.
         (Some(init), None) => Ok(TensorSpec::seeded(name, &dims, init)?),
         // Frozen bf16 or f16 weights widen exactly: the stored values are those the run used.
-        _ => stored(name, &l.dims, stored_values(l)?, dtype),
+        _ => stored_spec(l, name, &l.dims, stored_values(l)?, dtype),
+    }
+}
+
+/// A layer's stored weights: learned binary weights as their signs (one bit each), others in
+/// the requested precision.
+fn stored_spec(
+    l: &MaskedLayer,
+    name: String,
+    dims: &[usize],
+    values: Vec<f32>,
+    dtype: WeightsDtype,
+) -> Result<TensorSpec> {
+    match l.binary {
+        Some(scale) => {
+            let dims: Vec<u32> = dims.iter().map(|&d| d as u32).collect();
+            let positive = values.iter().map(|&v| v >= 0.0).collect();
+            Ok(TensorSpec::signs(name, &dims, positive, scale)?)
+        }
+        None => stored(name, dims, values, dtype),
     }
 }
 
@@ -81,11 +100,12 @@ pub fn to_smk(net: &Net, run: &Run, rule: Binarize, dtype: WeightsDtype) -> Resu
         .task
         .as_ref()
         .map_or("default".to_string(), |t| format!("{t}#{}", cfg.task_index));
-    let sets: Vec<(String, &Net)> = if cfg.method.masks() {
-        vec![(task, net)]
-    } else {
-        Vec::new()
-    };
+    // Binary weights without --keep have no mask: no set either.
+    let masked = net
+        .layers
+        .iter()
+        .any(|l| l.scores.is_some() || l.rank_weights || l.pack.is_some());
+    let sets: Vec<(String, &Net)> = if masked { vec![(task, net)] } else { Vec::new() };
     to_smk_sets(net, &sets, run, rule, dtype)
 }
 

@@ -80,6 +80,8 @@ pub struct MaskedLayer {
     pub rank_weights: bool,
     /// PackNet: which weights earlier tasks own, and which this task trains.
     pub pack: Option<Pack>,
+    /// Learned binary weights: the magnitude of every weight (the latent weights' signs train).
+    pub binary: Option<f32>,
 }
 
 /// A PackNet layer's ownership (0/1 tensors of the weight's shape, f32).
@@ -139,13 +141,23 @@ impl MaskedLayer {
 
     /// The weight the forward pass uses: `w ⊙ mask(scores)` with a straight-through mask.
     pub fn effective_weight(&self, rule: Binarize) -> Result<Tensor> {
-        let w = self.weight_f32()?;
+        let latent = self.weight_f32()?;
         if let Some(p) = &self.pack {
-            return p.effective(&w);
+            return p.effective(&latent);
         }
+        // Forward: `±scale` by sign (0 counts as +); backward: the latent weights take the
+        // gradient unchanged (they stay in [−scale, scale]: `Net::clip_binary`).
+        let w = match self.binary {
+            Some(scale) => {
+                let signed = ((latent.ge(0f64)?.to_dtype(DType::F32)? * (2.0 * scale as f64))? - scale as f64)?;
+                (&latent + (signed - &latent)?.detach())?
+            }
+            None => latent.clone(),
+        };
         if self.rank_weights {
-            // Forward: the top-k weights; backward: every weight, as if unmasked.
-            let hard = hard_mask(&w.detach(), rule)?;
+            // Forward: the top-k weights (by latent magnitude, for binary weights); backward:
+            // every weight, as if unmasked.
+            let hard = hard_mask(&latent.detach(), rule)?;
             let kept = w.broadcast_mul(&hard)?;
             return Ok((&w + (kept - &w)?.detach())?);
         }
@@ -366,8 +378,13 @@ impl LayerPlan<'_> {
         } else {
             (self.frozen(weight, name)?.to_device(self.device)?, None)
         };
-        let rank_weights = cfg.method == MethodKind::Dnw;
-        let masked = cfg.method.masks() && !head_trains && !rank_weights && pack.is_none();
+        let binary = cfg.method == MethodKind::Binary;
+        let rank_weights = cfg.method == MethodKind::Dnw || (binary && cfg.keep < 1.0);
+        let masked = cfg.method.masks() && !head_trains && !rank_weights && !binary && pack.is_none();
+        let binary = binary.then(|| {
+            let fan = cols as f64 * if cfg.scale_fan { cfg.keep } else { 1.0 };
+            kaiming_std(fan, RELU_GAIN)
+        });
         let block = (cfg.method == MethodKind::Block).then_some(cfg.block);
         let scores = if masked {
             let shape: Vec<usize> = match block {
@@ -402,6 +419,7 @@ impl LayerPlan<'_> {
             block,
             rank_weights,
             pack,
+            binary,
         })
     }
 
@@ -702,6 +720,17 @@ impl Net {
         Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
 
+    /// BinaryConnect's clip after each step: latent weights back into `[−scale, scale]`, so
+    /// that a sign can always flip back within a few steps.
+    pub fn clip_binary(&self) -> Result<()> {
+        for l in &self.layers {
+            if let (Some(scale), Some(v)) = (l.binary, &l.weight_var) {
+                v.set(&v.as_tensor().clamp(-scale, scale)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every trainable variable, named.
     pub fn vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::new();
@@ -887,5 +916,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn binary_weights_are_signs_forward_and_straight_through_backward() {
+        let cfg = FitConfig::defaults(MethodKind::Binary);
+        let net = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
+        let l = &net.layers[0];
+        let scale = l.binary.unwrap();
+        assert_eq!(scale, kaiming_std(784.0, RELU_GAIN));
+        let rule = Binarize::TopK { keep: 1.0, abs: true };
+        let w = l.effective_weight(rule).unwrap();
+        let latent: Vec<f32> = l.weight_f32().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let eff: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in latent.iter().zip(&eff) {
+            assert_eq!(*b, if *a >= 0.0 { scale } else { -scale });
+        }
+        // The gradient reaches the latent weights unchanged.
+        let var = l.weight_var.as_ref().unwrap();
+        let up = Tensor::rand(0f32, 1f32, w.shape(), &Device::Cpu).unwrap();
+        let grads = (w * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, up.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        // Kaiming-uniform latents reach past ±scale; the clip brings them back, signs kept.
+        assert!(latent.iter().any(|v| v.abs() > scale));
+        net.clip_binary().unwrap();
+        let clipped: Vec<f32> = l.weight_f32().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in latent.iter().zip(&clipped) {
+            assert!(b.abs() <= scale && (a >= &0.0) == (b >= &0.0));
+        }
     }
 }

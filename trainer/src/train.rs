@@ -137,7 +137,7 @@ pub fn rule_at(cfg: &FitConfig, epoch: usize, progress: f64) -> Binarize {
         // PackNet's masks are its layers' ownership, not a rule over scores.
         MethodKind::Dense | MethodKind::Packnet => Binarize::TopK { keep: 1.0, abs: true },
         MethodKind::Piggyback => Binarize::Threshold(cfg.threshold),
-        MethodKind::EdgePopup | MethodKind::Block | MethodKind::Dnw => Binarize::TopK {
+        MethodKind::EdgePopup | MethodKind::Block | MethodKind::Dnw | MethodKind::Binary => Binarize::TopK {
             keep: cfg.keep,
             abs: true,
         },
@@ -588,6 +588,7 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
             reducer.sum(&vars, &mut grads)?;
             for (rep, g) in replicas.iter_mut().zip(&grads) {
                 rep.opt.step(g, lr)?;
+                rep.net.clip_binary()?;
             }
             lap(&mut prof.step);
             bar.inc(1);
