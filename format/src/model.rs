@@ -1080,6 +1080,12 @@ impl<'a> Model<'a> {
         }
 
         if storage == StorageKind::Signs {
+            if !maskable {
+                return Err(Error::LayoutMismatch {
+                    tensor: t,
+                    reason: "signs hold linear and conv2d weights only",
+                });
+            }
             if layout != LayoutKind::RowMajor || block != [0, 0] {
                 return Err(Error::LayoutMismatch {
                     tensor: t,

@@ -107,5 +107,11 @@ fn hostile_signs_are_refused() {
         .set_mask(set, fc, MaskSpec::block_bools([2, 2], &vec![true; grid]))
         .is_err());
     assert!(TensorSpec::signs("w", &[2, 2], vec![true; 4], f32::NAN).is_err());
+    // Signs are weights: a bias of signs makes no file.
+    let mut b = ModelBuilder::new(&[2]).unwrap();
+    let bias = TensorSpec::signs("fc.bias", &[3], vec![true; 3], 1.0).unwrap();
+    b.linear("fc", f32_tensor("fc.weight", &[3, 2], 1), Some(bias)).unwrap();
+    let e = b.to_bytes().unwrap_err();
+    assert!(e.to_string().contains("linear and conv2d weights only"), "{e}");
     assert!(TensorSpec::signs("w", &[2, 2], vec![true; 3], 1.0).is_err());
 }
