@@ -399,6 +399,11 @@ fn eval_tasks(run: &Run, json: bool) -> Result<()> {
         100.0 * r.one_shot_accuracy
     );
     println!(
+        "  binary search:           task right {:.2}%, accuracy {:.2}%",
+        100.0 * r.binary_search_task_accuracy,
+        100.0 * r.binary_search_accuracy
+    );
+    println!(
         "  minimum entropy:         task right {:.2}%, accuracy {:.2}%",
         100.0 * r.min_entropy_task_accuracy,
         100.0 * r.min_entropy_accuracy

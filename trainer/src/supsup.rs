@@ -161,12 +161,20 @@ pub enum Inference {
     OneShot,
     /// The task whose mask alone gives the lowest output entropy (the baseline).
     MinEntropy,
+    /// SupSup's variant for many tasks: rounds of the one-shot rule, each over the mixture of
+    /// the tasks still in the running, keeping the better half (`ceil(|S|/2)`) until one is left.
+    BinarySearch,
 }
 
 /// Per image of `x` (`[N, C, H, W]`, pixels in [0, 1]): the inferred task and its score (lower
-/// is more confident: the entropy gradient, or the entropy).
+/// is more confident: the entropy gradient (of the last round, for the binary search), or the
+/// entropy).
 pub fn infer_tasks(nets: &[Net], rule: Binarize, x: &Tensor, how: Inference) -> Result<Vec<(usize, f32)>> {
     let scores = match how {
+        Inference::BinarySearch => {
+            let per_task: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule)).collect::<Result<_>>()?;
+            return binary_search(&nets[0], &per_task, x);
+        }
         Inference::OneShot => entropy_gradients(nets, rule, x)?,
         Inference::MinEntropy => {
             let hs: Vec<Tensor> = nets
@@ -207,7 +215,7 @@ fn forward(net: &Net, weights: &[Tensor], x: &Tensor) -> Result<Tensor> {
 
 /// Logits with the product weights `mix`, and their tangents along each of `dirs` (the
 /// product weights of one task each): `Σ` over product layers of the tangent rule above.
-fn forward_tangents(net: &Net, mix: &[Tensor], dirs: &[Vec<Tensor>], x: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+fn forward_tangents(net: &Net, mix: &[Tensor], dirs: &[&[Tensor]], x: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
     let x = net.normalized(x)?;
     let mut outs: Vec<(Tensor, Option<Vec<Tensor>>)> = Vec::with_capacity(net.nodes.len());
     for i in 0..net.nodes.len() {
@@ -298,8 +306,15 @@ fn entropy(z: &Tensor) -> Result<Tensor> {
 
 /// `[N, T]`: `∂H/∂α_k` per image at `α = 1/T`.
 fn entropy_gradients(nets: &[Net], rule: Binarize, x: &Tensor) -> Result<Tensor> {
-    let t = nets.len();
     let per_task: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule)).collect::<Result<_>>()?;
+    let all: Vec<&[Tensor]> = per_task.iter().map(Vec::as_slice).collect();
+    subset_gradients(&nets[0], &all, x)
+}
+
+/// `[N, |S|]`: `∂H/∂α_k` per image for the tasks `S` whose product weights are given, at the
+/// uniform mixture over `S` alone.
+fn subset_gradients(net: &Net, per_task: &[&[Tensor]], x: &Tensor) -> Result<Tensor> {
+    let t = per_task.len();
     let layers = per_task[0].len();
     let mut mix = Vec::with_capacity(layers);
     for l in 0..layers {
@@ -309,7 +324,7 @@ fn entropy_gradients(nets: &[Net], rule: Binarize, x: &Tensor) -> Result<Tensor>
         }
         mix.push((sum / t as f64)?);
     }
-    let (z, dz) = forward_tangents(&nets[0], &mix, &per_task, x)?;
+    let (z, dz) = forward_tangents(net, &mix, per_task, x)?;
     let logp = candle_nn::ops::log_softmax(&z, D::Minus1)?;
     let p = logp.exp()?;
     let h = (&p * &logp)?.sum_keepdim(D::Minus1)?.neg()?;
@@ -320,6 +335,43 @@ fn entropy_gradients(nets: &[Net], rule: Binarize, x: &Tensor) -> Result<Tensor>
         .map(|d| Ok((&dh_dz * d)?.sum(D::Minus1)?))
         .collect::<Result<_>>()?;
     Ok(Tensor::stack(&cols, 1)?)
+}
+
+/// The binary search per image: images whose remaining tasks agree go through each round
+/// together. Returns each image's task and its score in the last round.
+fn binary_search(net: &Net, per_task: &[Vec<Tensor>], x: &Tensor) -> Result<Vec<(usize, f32)>> {
+    let n = x.dim(0)?;
+    let mut remaining: Vec<Vec<usize>> = vec![(0..per_task.len()).collect(); n];
+    let mut last = vec![0f32; n];
+    loop {
+        let mut groups: std::collections::BTreeMap<Vec<usize>, Vec<u32>> = Default::default();
+        for (i, s) in remaining.iter().enumerate() {
+            if s.len() > 1 {
+                groups.entry(s.clone()).or_default().push(i as u32);
+            }
+        }
+        if groups.is_empty() {
+            break;
+        }
+        for (set, images) in groups {
+            let xs = x.index_select(&Tensor::new(images.as_slice(), x.device())?, 0)?;
+            let dirs: Vec<&[Tensor]> = set.iter().map(|&k| per_task[k].as_slice()).collect();
+            let g: Vec<Vec<f32>> = subset_gradients(net, &dirs, &xs)?.to_vec2()?;
+            for (row, &image) in g.iter().zip(&images) {
+                let mut order: Vec<usize> = (0..set.len()).collect();
+                order.sort_by(|&a, &b| row[a].total_cmp(&row[b]).then(a.cmp(&b)));
+                order.truncate(set.len().div_ceil(2));
+                last[image as usize] = row[order[0]];
+                order.sort_unstable();
+                remaining[image as usize] = order.into_iter().map(|j| set[j]).collect();
+            }
+        }
+    }
+    Ok(remaining
+        .into_iter()
+        .zip(last)
+        .map(|(s, score)| (s[0], score))
+        .collect())
 }
 
 /// Task-given and task-inferred results on every task's test split.
@@ -337,6 +389,10 @@ pub struct Report {
     pub min_entropy_task_accuracy: f64,
     /// Test accuracy with the minimum-entropy task's mask.
     pub min_entropy_accuracy: f64,
+    /// The same two for the binary search.
+    pub binary_search_task_accuracy: f64,
+    /// Test accuracy with the binary search's task's mask.
+    pub binary_search_accuracy: f64,
     /// Per task: (task given, one-shot task right, one-shot accuracy).
     pub per_task: Vec<(f64, f64, f64)>,
 }
@@ -350,6 +406,7 @@ pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Rep
     let t = nets.len();
     let weights: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule)).collect::<Result<_>>()?;
     let (mut given, mut shot_task, mut shot_acc, mut ent_task, mut ent_acc, mut images) = (0.0, 0.0, 0.0, 0.0, 0.0, 0);
+    let (mut bin_task, mut bin_acc) = (0.0, 0.0);
     let mut per_task = Vec::with_capacity(t);
     for k in 0..t {
         let test = load_split(
@@ -372,12 +429,15 @@ pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Rep
                 .collect::<Result<_>>()?;
             let shot = infer_tasks(&nets, rule, &x, Inference::OneShot)?;
             let ent = infer_tasks(&nets, rule, &x, Inference::MinEntropy)?;
+            let bin = binary_search(&nets[0], &weights, &x)?;
             for (b, &label) in labels.iter().enumerate() {
                 g += (preds[k][b] == label) as usize;
                 st += (shot[b].0 == k) as usize;
                 sa += (preds[shot[b].0][b] == label) as usize;
                 ent_task += (ent[b].0 == k) as usize as f64;
                 ent_acc += (preds[ent[b].0][b] == label) as usize as f64;
+                bin_task += (bin[b].0 == k) as usize as f64;
+                bin_acc += (preds[bin[b].0][b] == label) as usize as f64;
             }
         }
         images += n;
@@ -394,6 +454,8 @@ pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Rep
         one_shot_accuracy: shot_acc / images,
         min_entropy_task_accuracy: ent_task / images,
         min_entropy_accuracy: ent_acc / images,
+        binary_search_task_accuracy: bin_task / images,
+        binary_search_accuracy: bin_acc / images,
         per_task,
     })
 }
@@ -470,6 +532,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The binary search against rounds spelled out by hand: per image, central differences of
+    /// the entropy at the uniform mixture over the tasks left, the better half kept.
+    #[test]
+    fn binary_search_halves_by_the_subset_gradient() {
+        let (mut nets, rule) = tasks(11);
+        nets.extend(tasks(21).0);
+        nets.truncate(5);
+        let x = images(6, 8);
+        let got = infer_tasks(&nets, rule, &x, Inference::BinarySearch).unwrap();
+        let eps = 2e-3;
+        let mut checked = 0;
+        for (b, &(task, _)) in got.iter().enumerate() {
+            let xb = x.narrow(0, b, 1).unwrap();
+            let mut left: Vec<usize> = (0..5).collect();
+            let mut clear = true;
+            while left.len() > 1 {
+                let mut g: Vec<(f64, usize)> = left
+                    .iter()
+                    .map(|&k| {
+                        let mut up = vec![0.0; 5];
+                        for &j in &left {
+                            up[j] = 1.0 / left.len() as f64;
+                        }
+                        let mut down = up.clone();
+                        up[k] += eps;
+                        down[k] -= eps;
+                        let d = entropy_at(&nets, rule, &up, &xb)[0] - entropy_at(&nets, rule, &down, &xb)[0];
+                        (d / (2.0 * eps), k)
+                    })
+                    .collect();
+                g.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let keep = left.len().div_ceil(2);
+                // Skip images where the halving is a near tie: f32 forward mode and f64-free
+                // differences may order them either way.
+                if (g[keep].0 - g[keep - 1].0).abs() < 1e-2 * g[keep].0.abs().max(1e-3) {
+                    clear = false;
+                    break;
+                }
+                left = g[..keep].iter().map(|p| p.1).collect();
+                left.sort_unstable();
+            }
+            if clear {
+                assert_eq!(task, left[0], "image {b}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "only {checked} of 6 images had clear rounds");
+        // Two tasks: one round over the full set, which is the one-shot rule.
+        let two = &nets[..2];
+        let a = infer_tasks(two, rule, &x, Inference::BinarySearch).unwrap();
+        let o = infer_tasks(two, rule, &x, Inference::OneShot).unwrap();
+        assert_eq!(a, o);
     }
 
     #[test]

@@ -61,6 +61,7 @@ fn tasks_train_in_turn_resume_infer_and_export() {
     assert!((report.task_given_accuracy - mean).abs() < 1e-9, "{report:?}");
     // Permutations are easy to tell apart, even for briefly trained masks.
     assert!(report.one_shot_task_accuracy > 0.8, "{report:?}");
+    assert!(report.binary_search_task_accuracy > 0.8, "{report:?}");
     assert!(
         report.one_shot_accuracy <= report.task_given_accuracy + 0.05,
         "{report:?}"
