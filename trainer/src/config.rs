@@ -76,6 +76,18 @@ impl MethodKind {
     }
 }
 
+/// What a run learns from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// Labels: cross-entropy (with distillation when there is a teacher).
+    #[default]
+    Supervised,
+    /// No labels: DINO self-distillation between crops, an EMA teacher of the mask
+    /// ([`crate::dino`]); judged by k-NN accuracy of the features.
+    Dino,
+}
+
 /// How frozen (or initial) weights are drawn from the seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -213,6 +225,9 @@ pub struct FitConfig {
     /// SupSup: training steps per task (the epochs follow from it).
     #[serde(default = "default_batches_per_task")]
     pub batches_per_task: usize,
+    /// What the run learns from (configurations from before it: supervised).
+    #[serde(default)]
+    pub objective: Objective,
     /// Data-parallel replicas (`--devices`), one device each; empty: `device` alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
@@ -258,6 +273,7 @@ impl FitConfig {
             dtype: FrozenDtype::F32,
             outputs: None,
             batches_per_task: default_batches_per_task(),
+            objective: Objective::Supervised,
             devices: Vec::new(),
         };
         match method {
@@ -405,6 +421,17 @@ impl FitConfig {
                 "{} trains a mask per task: give --task permuted:N, rotated:N or split:N",
                 self.method.id()
             ));
+        }
+        if self.objective == Objective::Dino {
+            if !matches!(self.method, MethodKind::EdgePopup | MethodKind::Block) {
+                return bad(format!(
+                    "--objective dino learns a mask's scores with an EMA teacher: use --method edge-popup or block, not {}",
+                    self.method.id()
+                ));
+            }
+            if !self.devices.is_empty() || self.teacher.is_some() || self.task.is_some() {
+                return bad("--objective dino runs on one device, without --teacher or --task".into());
+            }
         }
         if self.method.is_sequence() && self.batches_per_task == 0 {
             return bad("--batches-per-task must be at least 1".into());

@@ -7,12 +7,14 @@
 //! - [`data`]: IDX and CIFAR-10 loaders, task families; [`rng`]: the seeded generator.
 //! - [`supsup`]: task families trained in turn, a mask per task over one network, and task
 //!   inference; [`packnet`]: tasks packed into one network by pruning.
+//! - [`dino`]: self-supervised masks (DINO), judged by k-NN accuracy.
 //! - [`train`]: fit, eval, checkpoints and resume; [`parallel`]: data parallel over devices; [`export`]: .smk export; [`sweep`]: accuracy
 //!   against density, as a table and a plot.
 
 pub mod compact;
 pub mod config;
 pub mod data;
+pub mod dino;
 pub mod error;
 pub mod export;
 pub mod mask;

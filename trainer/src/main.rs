@@ -38,6 +38,15 @@ enum Command {
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// k-NN accuracy of the features before the last layer (20 neighbours among the
+        /// training images, cosine similarity), as self-supervised networks are judged. DINO
+        /// runs report it by default (of their teacher).
+        #[arg(long)]
+        knn: bool,
+        /// With --knn: the run's frozen weights under the scores it started from (random
+        /// masks), the baseline for self-supervised masks.
+        #[arg(long, requires = "knn")]
+        random_masks: bool,
     },
     /// Write each task of a family (permuted:N, rotated:N, split:N) as IDX files, so that any
     /// tool (`runtime eval` among them) can be evaluated per task: task-K-images-idx3-ubyte.gz
@@ -193,6 +202,11 @@ struct FitArgs {
     /// `export --weights-dtype`.)
     #[arg(long, value_enum)]
     dtype: Option<FrozenDtype>,
+    /// supervised (labels), or dino: self-supervised masks (edge-popup or block scores trained
+    /// by DINO self-distillation between crops, with an EMA teacher; no labels; the epoch's
+    /// test accuracy is then the k-NN accuracy of the teacher's features; --outputs default 256).
+    #[arg(long, value_enum)]
+    objective: Option<smk_trainer::config::Objective>,
     /// TOML file of settings (the keys of config.toml in a run directory); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -303,6 +317,7 @@ fn resolve(a: &FitArgs) -> Result<FitConfig> {
     set("temperature", f(a.temperature));
     set("train_head", a.train_head.then_some(toml::Value::Boolean(true)));
     set("dtype", a.dtype.as_ref().map(value));
+    set("objective", a.objective.as_ref().map(value));
     if let Some(list) = &a.devices {
         let devices = smk_trainer::parallel::parse_devices(list)?;
         set("device", devices.first().cloned().map(toml::Value::String));
@@ -325,10 +340,28 @@ fn value<T: serde::Serialize>(v: &T) -> toml::Value {
     toml::Value::try_from(v).unwrap_or_else(|_| toml::Value::String(String::new()))
 }
 
-fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool) -> Result<()> {
+fn eval(run_dir: &Path, data: Option<PathBuf>, json: bool, knn: bool, random_masks: bool) -> Result<()> {
     let mut run = Run::open(run_dir)?;
     if let Some(d) = data {
         run.cfg.data = d;
+    }
+    if knn || run.cfg.objective == smk_trainer::config::Objective::Dino {
+        let device = train::device(&run.cfg.device).or_else(|_| Ok::<_, Error>(candle_core::Device::Cpu))?;
+        let (accuracy, what) = smk_trainer::dino::run_knn(&run, random_masks, &device)?;
+        if json {
+            let out = serde_json::json!({
+                "schema": train::SCHEMA, "run": run_dir, "knn_accuracy": accuracy, "features": what,
+                "random_masks": random_masks,
+            });
+            println!("{out}");
+        } else {
+            println!(
+                "{}: k-NN accuracy {:.2}% (20 neighbours, features before the last layer) of {what}",
+                run_dir.display(),
+                100.0 * accuracy
+            );
+        }
+        return Ok(());
     }
     if run.cfg.method.is_sequence() {
         return eval_tasks(&run, json);
@@ -488,7 +521,13 @@ fn run() -> Result<()> {
             println!("{}: results.csv, sweep.svg, sweep.png", a.out.display());
             Ok(())
         }
-        Command::Eval { run, data, json } => eval(&run, data, json),
+        Command::Eval {
+            run,
+            data,
+            json,
+            knn,
+            random_masks,
+        } => eval(&run, data, json, knn, random_masks),
         Command::Data {
             task,
             data,

@@ -678,9 +678,49 @@ impl Net {
     /// Logits for a batch `[N, C, H, W]`. `rule` binarises every masked layer; `train` switches
     /// batch norms to batch statistics (and updates their running statistics).
     pub fn forward(&mut self, x: &Tensor, rule: Binarize, train: bool) -> Result<Tensor> {
+        self.forward_to(x, rule, train, self.nodes.len())
+    }
+
+    /// The features the last layer reads: the output of the node before the last linear layer
+    /// (inference mode), for k-NN evaluation of self-supervised networks.
+    pub fn features(&mut self, x: &Tensor, rule: Binarize) -> Result<Tensor> {
+        let (_, last) = self.head()?;
+        self.forward_to(x, rule, false, last)
+    }
+
+    /// [`Net::features`] flattened, in training mode or not (batch norms).
+    pub fn features_train(&mut self, x: &Tensor, rule: Binarize, train: bool) -> Result<Tensor> {
+        let (_, last) = self.head()?;
+        Ok(self.forward_to(x, rule, train, last)?.flatten_from(1)?)
+    }
+
+    /// Width of [`Net::features`]: the last linear layer's input.
+    pub fn feature_width(&self) -> Result<usize> {
+        let (layer, _) = self.head()?;
+        Ok(self.layers[layer].matrix().1)
+    }
+
+    /// The last linear layer's index, and its node's.
+    fn head(&self) -> Result<(usize, usize)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, n)| match n {
+                Node::Linear(l) => Some((*l, i)),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Config("the model has no linear layer".into()))
+    }
+
+    /// The output of node `end − 1` (the normalised input when `end` is 0).
+    fn forward_to(&mut self, x: &Tensor, rule: Binarize, train: bool, end: usize) -> Result<Tensor> {
         let x = &self.normalized(x)?;
-        let mut outs: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
-        for i in 0..self.nodes.len() {
+        if end == 0 {
+            return Ok(x.clone());
+        }
+        let mut outs: Vec<Tensor> = Vec::with_capacity(end);
+        for i in 0..end {
             let prev = match self.inputs[i] {
                 Some(j) => &outs[j],
                 None if i == 0 => x,

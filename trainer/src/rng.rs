@@ -16,6 +16,10 @@ pub mod stream {
     pub const SHUFFLE: u64 = 3 << 32;
     /// Task construction (permutations; add the task index).
     pub const TASKS: u64 = 4 << 32;
+    /// DINO's crops (add the step).
+    pub const CROPS: u64 = 5 << 32;
+    /// DINO's projection head.
+    pub const HEAD: u64 = 6 << 32;
 }
 
 /// A seeded stream of random numbers.

@@ -13,8 +13,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::Serialize;
 
-use crate::config::{FitConfig, MethodKind, Schedule};
+use crate::config::{FitConfig, MethodKind, Objective, Schedule};
 use crate::data::{self, Dataset, Split, TaskFamily};
+use crate::dino::Dino;
 use crate::error::{Error, Result};
 use crate::mask::Binarize;
 use crate::model::Net;
@@ -385,6 +386,8 @@ struct Replica {
     net: Net,
     opt: Optimizer,
     teacher: Option<(Net, Binarize)>,
+    /// DINO's teacher and centre (`--objective dino`).
+    dino: Option<Dino>,
     /// The net's variables, in the same order on every replica.
     vars: Vec<Var>,
     device: Device,
@@ -469,12 +472,23 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
     for dev in &devices {
         // Built from the same seed (or file) on every device: the same initial replica.
         let mut net = Net::build(&cfg, train.shape, outputs(&cfg, &train), init.as_ref(), dev)?;
-        let mut opt = Optimizer::new(cfg.optimizer, hyper, net.vars());
+        let mut dino = if cfg.objective == Objective::Dino {
+            let teacher = Net::build(&cfg, train.shape, outputs(&cfg, &train), init.as_ref(), dev)?;
+            Some(Dino::new(&net, teacher, cfg.seed, dev)?)
+        } else {
+            None
+        };
+        let mut trained = net.vars();
+        trained.extend(dino.iter().flat_map(Dino::vars));
+        let mut opt = Optimizer::new(cfg.optimizer, hyper, trained);
         if opts.resume {
             let saved =
                 candle_core::safetensors::load(&ckpt_path, dev).map_err(|e| Error::data(&ckpt_path, e.to_string()))?;
             net.load(&saved)?;
             opt.load_state(&saved)?;
+            if let Some(d) = &mut dino {
+                d.load(&saved)?;
+            }
             start = checkpoint_epoch(&saved, &ckpt_path)?;
         }
         let teacher = match &cfg.teacher {
@@ -484,10 +498,12 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
             }
             None => None,
         };
-        let vars: Vec<Var> = net.vars().into_iter().map(|(_, v)| v).collect();
+        let mut vars: Vec<Var> = net.vars().into_iter().map(|(_, v)| v).collect();
+        vars.extend(dino.iter().flat_map(Dino::vars).map(|(_, v)| v));
         replicas.push(Replica {
             net,
             opt,
+            dino,
             teacher,
             vars,
             device: dev.clone(),
@@ -558,6 +574,20 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
                     grads.push(zero.backward()?);
                     continue;
                 }
+                if let Some(d) = &mut rep.dino {
+                    let step = (epoch * steps_per_epoch + b) as u64;
+                    let mut rng = Rng::new(cfg.seed, stream::CROPS + step);
+                    let views = crate::dino::views(&train, part, &mut rng, &rep.device)?;
+                    lap(&mut prof.data);
+                    let (loss, agree) = d.loss(&mut rep.net, &views, part.len(), rule)?;
+                    lap(&mut prof.forward);
+                    grads.push(loss.backward()?);
+                    lap(&mut prof.backward);
+                    loss_sum_t[r] = (&loss_sum_t[r] + (loss.detach().to_dtype(DType::F64)? * part.len() as f64)?)?;
+                    let hits = (agree * part.len() as f64)?.round()?.to_dtype(DType::U32)?;
+                    correct_t[r] = (&correct_t[r] + hits)?;
+                    continue;
+                }
                 let (x, y) = batch(&train, part, &rep.device)?;
                 lap(&mut prof.data);
                 let logits = rep.net.forward(&x, rule, true)?;
@@ -589,6 +619,10 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
             for (rep, g) in replicas.iter_mut().zip(&grads) {
                 rep.opt.step(g, lr)?;
                 rep.net.clip_binary()?;
+                if let Some(d) = &mut rep.dino {
+                    let step = (epoch * steps_per_epoch + b + 1) as u64;
+                    d.follow(&rep.net, Dino::momentum(step, (cfg.epochs * steps_per_epoch) as u64))?;
+                }
             }
             lap(&mut prof.step);
             bar.inc(1);
@@ -615,9 +649,18 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
         for t in &correct_t {
             correct += t.to_scalar::<u32>()? as usize;
         }
-        let Replica { net, opt, .. } = &mut replicas[0];
+        let Replica { net, opt, dino, .. } = &mut replicas[0];
         let rule = rule_at(&cfg, epoch + 1, 0.0);
-        let eval = evaluate(net, &test, rule, &device)?;
+        let eval = match dino {
+            // No labels in training; the teacher's features, judged by k-NN on the labels.
+            Some(d) => Evaluation {
+                loss: 0.0,
+                accuracy: crate::dino::knn_accuracy(&mut d.teacher, &train, &test, rule, &device)?,
+                examples: test.len(),
+                per_class: Vec::new(),
+            },
+            None => evaluate(net, &test, rule, &device)?,
+        };
         let (density, overall_density) = densities(net, rule)?;
         lap(&mut prof.eval);
         let m = EpochMetrics {
@@ -649,6 +692,9 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
         drop(f);
         let mut tensors = net.tensors();
         tensors.extend(opt.state_tensors()?);
+        if let Some(d) = dino {
+            tensors.extend(d.tensors());
+        }
         tensors.insert("state.epoch".into(), Tensor::new(&[(epoch + 1) as u32], &device)?);
         atomic_save(&tensors, &ckpt_path)?;
         lap(&mut prof.checkpoint);
