@@ -5,7 +5,8 @@
 //! [`Plan::infer`] runs in that scratch. Kernels exist for every weight kind (f32, f16, bf16,
 //! seeded) and mask kind (none, per element, per block), in portable code and with AVX2,
 //! AVX-512 and NEON; block masks touch only the kept blocks. For files with a mask set per task,
-//! [`TaskPlan`] infers an input's task (SupSup's one-shot rule, or minimum entropy).
+//! [`TaskPlan`] infers an input's task (SupSup's one-shot rule or its binary search, or minimum
+//! entropy).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

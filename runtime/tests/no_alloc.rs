@@ -80,18 +80,23 @@ fn task_inference_allocates_nothing() {
         .linear("fc1", TensorSpec::f32("w1", &[9, 20], inputs(1, 180)).unwrap(), None)
         .unwrap();
     b.relu("r").unwrap();
-    b.linear("fc2", TensorSpec::f32("w2", &[5, 9], inputs(2, 45)).unwrap(), None)
+    let fc2 = b
+        .linear("fc2", TensorSpec::f32("w2", &[5, 9], inputs(2, 45)).unwrap(), None)
         .unwrap();
     b.op("softmax", smk_format::Op::Softmax).unwrap();
-    for k in 0..4u64 {
+    // Five tasks, both layers masked: the binary search rebuilds fc2's mixture for 3 tasks,
+    // then for 2.
+    for k in 0..5u64 {
         let s = b.mask_set(&format!("t{k}")).unwrap();
         let bits: Vec<bool> = (0..180).map(|i| (i * 7 + k * 3) % 5 < 3).collect();
         b.set_mask(s, fc1, MaskSpec::element_bools(&bits)).unwrap();
+        let bits: Vec<bool> = (0..45).map(|i| (i * 3 + k * 5) % 7 < 4).collect();
+        b.set_mask(s, fc2, MaskSpec::element_bools(&bits)).unwrap();
     }
     let bytes = b.to_bytes().unwrap();
     let model = Model::parse(&bytes).unwrap();
     let x = inputs(3, 3 * 20);
-    for rule in [TaskRule::OneShot, TaskRule::MinEntropy] {
+    for rule in [TaskRule::OneShot, TaskRule::BinarySearch, TaskRule::MinEntropy] {
         let plan = TaskPlan::new(&model, rule).unwrap();
         let mut scratch = vec![0u8; plan.scratch_bytes()];
         let mut g = [TaskGuess {

@@ -60,11 +60,14 @@ struct Common {
     #[arg(long)]
     task: Option<String>,
     /// How `--task auto` chooses: one-shot (the entropy gradient of the mixture of every
-    /// task's mask; chains of linear layers) or min-entropy (each task's own output; any model).
+    /// task's mask; chains of linear layers), binary-search (halving rounds of the one-shot
+    /// rule over the remaining tasks, for many tasks; the same models) or min-entropy (each
+    /// task's own output; any model).
     #[arg(long, value_enum, default_value = "one-shot")]
     task_rule: TaskRuleArg,
     /// `--task auto`: below this confidence (1/tasks = no idea, 1 = certain) the task is
-    /// "unknown" and the input is not classified.
+    /// "unknown" and the input is not classified. binary-search's is that of its last two
+    /// tasks: 0.5 for a tie, else about 0.88.
     #[arg(long, default_value_t = 0.0)]
     task_threshold: f32,
     /// Instruction set: auto, scalar, avx2, avx512 or neon.
@@ -82,6 +85,7 @@ struct Common {
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum TaskRuleArg {
     OneShot,
+    BinarySearch,
     MinEntropy,
 }
 
@@ -191,6 +195,7 @@ fn engine<'s>(session: &'s Session, c: &Common, batch: usize) -> Result<device::
         }
         let rule = match c.task_rule {
             TaskRuleArg::OneShot => smk_runtime::TaskRule::OneShot,
+            TaskRuleArg::BinarySearch => smk_runtime::TaskRule::BinarySearch,
             TaskRuleArg::MinEntropy => smk_runtime::TaskRule::MinEntropy,
         };
         return device::Engine::auto(session, &model, rule, c.task_threshold, parse_isa(&c.isa)?)
@@ -431,6 +436,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, String> {
                 inferred.iter().map(|(&t, &c)| (name_of(t), json!(c))).collect();
             out["task_inference"] = json!({"rule": match a.common.task_rule {
                 TaskRuleArg::OneShot => "one-shot",
+                TaskRuleArg::BinarySearch => "binary-search",
                 TaskRuleArg::MinEntropy => "min-entropy",
             },
                 "inferred": counts, "unknown": unknown, "threshold": a.common.task_threshold});

@@ -405,7 +405,7 @@ fn task_auto_infers_each_inputs_task() {
     let m = m.to_str().unwrap();
     let (images, labels) = idx(tmp.path(), 12);
     let (images, labels) = (images.to_str().unwrap(), labels.to_str().unwrap());
-    for rule in ["one-shot", "min-entropy"] {
+    for rule in ["one-shot", "binary-search", "min-entropy"] {
         let v = json(&runtime(&[
             "infer",
             m,
@@ -454,6 +454,12 @@ fn task_auto_infers_each_inputs_task() {
         assert_eq!(ti["unknown"], 0);
         assert_eq!(ti["rule"], rule);
     }
+    let help = runtime(&["eval", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("binary-search") && help.contains("halving rounds"),
+        "{help}"
+    );
     // A threshold above any confidence: nothing is classified.
     let e = json(&runtime(&[
         "eval",
