@@ -266,6 +266,17 @@ impl<'a> Tensor<'a> {
         }
     }
 
+    /// Channel `i` of a batch norm's vector under mask set `set`: the vector itself when the
+    /// tensor is `[C]`, row `set` when it is `[tasks, C]` (per-task norms, format 1.1).
+    pub fn channel(&self, set: Option<u32>, i: u64) -> f32 {
+        let row = if self.shape.rank() == 2 {
+            set.unwrap_or(0) as u64
+        } else {
+            0
+        };
+        self.value(row, i)
+    }
+
     /// The whole tensor as dense row-major f32, masks not applied; `None` when it does not fit
     /// in memory (a seeded tensor may describe far more weights than its file holds bytes).
     #[cfg(feature = "alloc")]
@@ -936,6 +947,14 @@ impl<'a> Model<'a> {
             }
             let expected = infer_shape(&op, in_shape, second, slot_shapes)
                 .map_err(|reason| Error::LayerShape { layer: l, reason })?;
+            if let (Op::BatchNorm { .. }, Some(s)) = (&op, slot_shapes[0]) {
+                if s.rank() == 2 && s.dims()[0] != masks.sets {
+                    return Err(Error::LayerShape {
+                        layer: l,
+                        reason: "per-task batch norm tensors need one row per mask set",
+                    });
+                }
+            }
             if expected != out {
                 return Err(Error::OutputShape {
                     layer: l,

@@ -311,8 +311,17 @@ pub fn infer_shape(
                 return Err("eps must be finite and not negative");
             }
             let c = dims[0];
-            for s in slots {
-                check_vector(s, c, "batch norm tensors must be [channels]")?;
+            // [channels] shared by every task, or [tasks, channels]: a row per mask set (1.1;
+            // the parser checks the row count against the file's mask sets).
+            let first = slots.iter().flatten().next().copied();
+            for s in slots.into_iter().flatten() {
+                let per_task = s.rank() == 2 && s.dims()[1] == c && s.dims()[0] >= 1;
+                if s.dims() != [c] && !per_task {
+                    return Err("batch norm tensors must be [channels] or [tasks, channels]");
+                }
+                if Some(s) != first {
+                    return Err("batch norm tensors must all be [channels] or all [tasks, channels]");
+                }
             }
             Ok(input)
         }

@@ -774,11 +774,12 @@ impl ModelBuilder {
             }
         }
         // The oldest minor version that has every feature the file uses.
-        let minor: u16 = if self.tensors.iter().any(|t| matches!(t.data, TensorData::Signs { .. })) {
-            1
-        } else {
-            0
-        };
+        let signs = self.tensors.iter().any(|t| matches!(t.data, TensorData::Signs { .. }));
+        let per_task_norms = self.layers.iter().any(|l| match l.op {
+            Op::BatchNorm { mean, .. } => self.tensors.get(mean as usize).is_some_and(|t| t.shape.rank() == 2),
+            _ => false,
+        });
+        let minor: u16 = if signs || per_task_norms { 1 } else { 0 };
         debug_assert!(minor <= VERSION_MINOR);
         let mut history = Vec::new();
         if !self.history.is_empty() {

@@ -110,6 +110,7 @@ pub(crate) fn avg_pool(
 
 /// Inference batch norm of one item, per channel `dims[0]`.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn batch_norm(
     x: &[f32],
     channels: usize,
@@ -118,13 +119,15 @@ pub(crate) fn batch_norm(
     gamma: Option<&Tensor<'_>>,
     beta: Option<&Tensor<'_>>,
     eps: f32,
+    set: Option<u32>,
     y: &mut [f32],
 ) {
     let per = x.len() / channels.max(1);
     for ch in 0..channels {
         let i = ch as u64;
-        let scale = gamma.map_or(1.0, |g| g.stored(i)) / libm::sqrtf(var.stored(i) + eps);
-        let shift = beta.map_or(0.0, |b| b.stored(i)) - mean.stored(i) * scale;
+        // Any storage (a seeded vector too), and per-task rows (`[tasks, C]`).
+        let scale = gamma.map_or(1.0, |g| g.channel(set, i)) / libm::sqrtf(var.channel(set, i) + eps);
+        let shift = beta.map_or(0.0, |b| b.channel(set, i)) - mean.channel(set, i) * scale;
         for (o, v) in y[ch * per..(ch + 1) * per].iter_mut().zip(&x[ch * per..(ch + 1) * per]) {
             *o = v * scale + shift;
         }

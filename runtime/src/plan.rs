@@ -349,7 +349,17 @@ impl<'a> Plan<'a> {
                 let (gamma, beta) = (opt(gamma)?, opt(beta)?);
                 let channels = in_shape.dims()[0] as usize;
                 for (xb, yb) in x.chunks_exact(in_numel).zip(y.chunks_exact_mut(out_numel)) {
-                    ops::batch_norm(xb, channels, &mean, &var, gamma.as_ref(), beta.as_ref(), eps, yb);
+                    ops::batch_norm(
+                        xb,
+                        channels,
+                        &mean,
+                        &var,
+                        gamma.as_ref(),
+                        beta.as_ref(),
+                        eps,
+                        self.set,
+                        yb,
+                    );
                 }
             }
             Op::LayerNorm { gamma, beta, eps } => {

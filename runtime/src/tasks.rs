@@ -160,6 +160,15 @@ impl<'a> TaskPlan<'a> {
                         work_len = work_len.max(need(tangents, None, batch)?);
                     }
                 }
+                // A norm with a row per task would make the mixture's forward pass depend on
+                // the task it is looking for.
+                Op::BatchNorm { mean, .. }
+                    if model.tensor(mean).is_some_and(|t| t.shape.rank() == 2) =>
+                {
+                    return Err(Error::TaskInference {
+                        why: "the one-shot and binary-search rules do not handle per-task batch norms; use the minimum-entropy rule",
+                    })
+                }
                 Op::BatchNorm { .. } | Op::Flatten | Op::Relu => {}
                 Op::Softmax if i + 1 == count => {}
                 _ => {
@@ -404,6 +413,7 @@ impl<'a> TaskPlan<'a> {
                         gamma.as_ref(),
                         beta.as_ref(),
                         eps,
+                        None,
                         &mut z[..len],
                     );
                     h[..len].copy_from_slice(&z[..len]);

@@ -58,6 +58,85 @@ fn small_models_match_the_reference() {
     }
 }
 
+/// Per-task batch norms (format 1.1): conv → norm with a row of statistics (and scale, shift)
+/// per task → linear, three tasks; each task's plan matches the reference with that task's row,
+/// and the tasks' outputs differ by their norms alone (the masks are full).
+#[test]
+fn per_task_norms_use_the_task_row() {
+    use common::samples::{bits, values};
+    use smk_format::writer::{MaskSpec, ModelBuilder, TensorSpec};
+    use smk_format::Window2d;
+    let (tasks, c) = (3u32, 5u32);
+    let mut b = ModelBuilder::new(&[2, 6, 7]).unwrap();
+    let window = Window2d {
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+    };
+    let conv = b
+        .conv2d(
+            "conv",
+            TensorSpec::f32("conv.w", &[c, 2, 3, 3], values(1, 90)).unwrap(),
+            None,
+            window,
+        )
+        .unwrap();
+    let n = (tasks * c) as usize;
+    let row = |name: &str, seed: u64, positive: bool| {
+        let v = values(seed, n)
+            .into_iter()
+            .map(|v| if positive { v.abs() + 0.25 } else { v })
+            .collect();
+        TensorSpec::f32(name, &[tasks, c], v).unwrap()
+    };
+    b.batch_norm(
+        "bn",
+        row("bn.mean", 2, false),
+        row("bn.var", 3, true),
+        Some(row("bn.gamma", 4, true)),
+        Some(row("bn.beta", 5, false)),
+        1e-5,
+    )
+    .unwrap();
+    b.relu("relu").unwrap();
+    b.flatten("flat").unwrap();
+    let fc = b
+        .linear("fc", TensorSpec::f32("fc.w", &[4, 210], values(6, 840)).unwrap(), None)
+        .unwrap();
+    for k in 0..tasks {
+        let s = b.mask_set(&format!("task-{k}")).unwrap();
+        b.set_mask(s, conv, MaskSpec::element_bools(&bits(7, 90, 1.0))).unwrap();
+        b.set_mask(s, fc, MaskSpec::element_bools(&bits(8, 840, 1.0))).unwrap();
+    }
+    let bytes = b.to_bytes().unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let x = inputs(9, 84);
+    let mut outs = Vec::new();
+    for task in 0..tasks {
+        let r = reference(&model, Some(task), &x);
+        for isa in Isa::available_all() {
+            let plan = Plan::new(&model, 1, Some(task)).unwrap().with_isa(isa).unwrap();
+            let mut scratch = vec![0u8; plan.scratch_bytes()];
+            let mut y = vec![0f32; 4];
+            plan.infer(&mut scratch, &x, &mut y).unwrap();
+            for (k, (g, want)) in y.iter().zip(&r.values).enumerate() {
+                let tol = 1e-4 * r.magnitude[k] + 1e-6;
+                assert!(
+                    (*g as f64 - want).abs() <= tol,
+                    "{isa} task {task} output {k}: {g} vs {want}"
+                );
+            }
+            outs.push(y);
+        }
+    }
+    assert_ne!(
+        outs.first(),
+        outs.last(),
+        "the tasks' norms differ, so must their outputs"
+    );
+}
+
 /// Scratch at any alignment works; results do not depend on what the scratch held before.
 #[test]
 fn scratch_alignment_and_contents_do_not_matter() {

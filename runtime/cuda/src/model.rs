@@ -479,9 +479,10 @@ impl GpuModel {
                     let mut scale = Vec::with_capacity(channels);
                     let mut shift = Vec::with_capacity(channels);
                     for ch in 0..channels as u64 {
-                        let s = gamma.as_ref().map_or(1.0, |g| g.stored(ch)) / (var.stored(ch) + eps).sqrt();
+                        let s =
+                            gamma.as_ref().map_or(1.0, |g| g.channel(set, ch)) / (var.channel(set, ch) + eps).sqrt();
                         scale.push(s);
-                        shift.push(beta.as_ref().map_or(0.0, |b| b.stored(ch)) - mean.stored(ch) * s);
+                        shift.push(beta.as_ref().map_or(0.0, |b| b.channel(set, ch)) - mean.channel(set, ch) * s);
                     }
                     Some(Step::Affine {
                         src,

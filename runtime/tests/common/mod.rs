@@ -157,12 +157,24 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
                 eps,
             } => {
                 let per = x.len() / d[0] as usize;
+                // A [tasks, C] tensor holds a row per task: the plan's task's.
+                let vec = |t: Option<u32>, ch: usize, default: f64| {
+                    t.map_or(default, |t| {
+                        let t = model.tensor(t).unwrap();
+                        let row = if t.shape.rank() == 2 {
+                            task.unwrap_or(0) as usize
+                        } else {
+                            0
+                        };
+                        t.to_f32_vec().unwrap()[row * d[0] as usize + ch] as f64
+                    })
+                };
                 for k in 0..n_out {
                     let ch = k / per;
-                    let inv = 1.0 / (stored(Some(var), ch, 0.0) + eps as f64).sqrt();
-                    let g = stored(gamma, ch, 1.0);
-                    y[k] = (x[k] - stored(Some(mean), ch, 0.0)) * inv * g + stored(beta, ch, 0.0);
-                    ym[k] = (xm[k] + stored(Some(mean), ch, 0.0).abs()) * inv * g.abs() + stored(beta, ch, 0.0).abs();
+                    let inv = 1.0 / (vec(Some(var), ch, 0.0) + eps as f64).sqrt();
+                    let g = vec(gamma, ch, 1.0);
+                    y[k] = (x[k] - vec(Some(mean), ch, 0.0)) * inv * g + vec(beta, ch, 0.0);
+                    ym[k] = (xm[k] + vec(Some(mean), ch, 0.0).abs()) * inv * g.abs() + vec(beta, ch, 0.0).abs();
                 }
             }
             Op::LayerNorm { gamma, beta, eps } => {

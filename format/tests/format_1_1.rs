@@ -1,5 +1,5 @@
-//! Signs (format 1.1): learned binary weights, one bit per weight and a scale. Written, read
-//! back value by value on ragged rows, and refused when hostile.
+//! What format 1.1 adds: signs (learned binary weights, one bit per weight and a scale), and
+//! batch norms with a row of statistics per task. Written, read back, and refused when hostile.
 
 mod common;
 
@@ -114,4 +114,62 @@ fn hostile_signs_are_refused() {
     let e = b.to_bytes().unwrap_err();
     assert!(e.to_string().contains("linear and conv2d weights only"), "{e}");
     assert!(TensorSpec::signs("w", &[2, 2], vec![true; 3], 1.0).is_err());
+}
+
+/// `[6] → linear(4) → batch_norm → softmax` with two mask sets and norms of `rows` rows.
+fn per_task_norms(rows: u32) -> Result<Vec<u8>, Error> {
+    let mut b = ModelBuilder::new(&[6]).unwrap();
+    let fc = b.linear("fc", f32_tensor("fc.weight", &[4, 6], 1), None).unwrap();
+    let dims = if rows == 0 { vec![4] } else { vec![rows, 4] };
+    let n = dims.iter().product::<u32>() as usize;
+    let mean = TensorSpec::f32("bn.mean", &dims, values(2, n)).unwrap();
+    let var = TensorSpec::f32("bn.var", &dims, values(3, n).iter().map(|v| v.abs() + 0.5).collect()).unwrap();
+    b.batch_norm("bn", mean, var, None, None, 1e-5)?;
+    b.op("softmax", smk_format::Op::Softmax).unwrap();
+    for (k, name) in ["a", "b"].into_iter().enumerate() {
+        let s = b.mask_set(name).unwrap();
+        b.set_mask(s, fc, MaskSpec::element_bools(&bits(10 + k as u64, 24, 0.5)))
+            .unwrap();
+    }
+    b.to_bytes()
+}
+
+#[test]
+fn per_task_norms_hold_a_row_per_mask_set() {
+    let bytes = per_task_norms(2).unwrap();
+    let m = Model::parse(&bytes).unwrap();
+    m.verify().unwrap();
+    assert_eq!(m.version(), (1, 1));
+    let mean = m.tensors().find(|t| t.name == "bn.mean").unwrap();
+    let v = values(2, 8);
+    for c in 0..4u64 {
+        assert_eq!(mean.channel(Some(0), c), v[c as usize]);
+        assert_eq!(mean.channel(Some(1), c), v[4 + c as usize]);
+    }
+    // Shared norms stay 1.0 files and read the same under every set.
+    let shared_bytes = per_task_norms(0).unwrap();
+    let shared = Model::parse(&shared_bytes).unwrap();
+    assert_eq!(shared.version(), (1, 0));
+    let mean = shared.tensors().find(|t| t.name == "bn.mean").unwrap();
+    assert_eq!(mean.channel(Some(1), 2), mean.channel(None, 2));
+    // A row count other than the set count, and mixed forms, are refused.
+    let e = per_task_norms(3).unwrap_err();
+    assert!(e.to_string().contains("one row per mask set"), "{e}");
+    let mut b = ModelBuilder::new(&[6]).unwrap();
+    b.linear("fc", f32_tensor("fc.weight", &[4, 6], 1), None).unwrap();
+    let e = b
+        .batch_norm(
+            "bn",
+            TensorSpec::f32("m", &[2, 4], values(2, 8)).unwrap(),
+            TensorSpec::f32("v", &[4], values(3, 4)).unwrap(),
+            None,
+            None,
+            1e-5,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("must all be [channels] or all [tasks, channels]"),
+        "{e}"
+    );
 }
