@@ -110,7 +110,6 @@ pub(crate) fn avg_pool(
 
 /// Inference batch norm of one item, per channel `dims[0]`.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn batch_norm(
     x: &[f32],
     channels: usize,
