@@ -222,6 +222,47 @@ fn packnet_tasks_agree() {
     }
 }
 
+/// SupSup over a model with batch norms: each task keeps its own statistics, the file holds
+/// them as a row per task, and each task's mask set in the runtime gives what that task's
+/// network gives in the trainer.
+#[test]
+fn supsup_per_task_norms_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    trainer_common::small_data(&data);
+    let dir = tmp.path().join("supsup-resnet");
+    let cfg = FitConfig {
+        data: data.clone(),
+        model: "resnet-8".into(),
+        task: Some("permuted:2".into()),
+        batches_per_task: 10,
+        batch_size: 64,
+        lr: 1e-3,
+        ..FitConfig::defaults(MethodKind::Supsup)
+    };
+    fit(&dir, cfg, FitOptions::default()).unwrap();
+    let report = smk_trainer::supsup::evaluate(&dir, None, &Device::Cpu).unwrap();
+    assert_eq!(report.one_shot_task_accuracy, None, "norms: no gradient rule");
+    let file = tmp.path().join("tasks.smk");
+    smk_trainer::export::export(&dir, &file, WeightsDtype::F32).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    assert_eq!(model.version(), (1, 1), "per-task norms are a 1.1 feature");
+    let mut outputs = Vec::new();
+    for k in 0..2 {
+        let run = Run::open(&smk_trainer::supsup::task_dir(&dir, k)).unwrap();
+        let (mut net, test, rule) = run.load_net(&Device::Cpu).unwrap();
+        outputs.push(net.norms[0].running_mean.to_vec1::<f32>().unwrap());
+        check(
+            &parity_of(&mut net, &test, rule, &bytes, Some(k as u32)),
+            WeightsDtype::F32,
+            &format!("supsup resnet-8 task {k}"),
+        );
+    }
+    assert_ne!(outputs[0], outputs[1], "each task trained its own statistics");
+}
+
 /// Learned binary weights, alone and under a top-k mask: the file stores one bit per weight
 /// (and the mask), and the runtime gives what the trainer gives.
 #[test]

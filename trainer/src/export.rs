@@ -187,25 +187,36 @@ pub fn to_smk_sets(
             }
             Node::Norm(n) => {
                 let nm = &net.norms[n];
-                let vec = |suffix: &str, t: &candle_core::Tensor| -> Result<TensorSpec> {
-                    Ok(TensorSpec::f32(
-                        format!("{}.{suffix}", nm.name),
-                        &[nm.channels as u32],
-                        t.to_vec1()?,
-                    )?)
+                // Several tasks (SupSup): each task's own statistics, a row per mask set
+                // (format 1.1); one: the vector itself.
+                let nets: Vec<&Net> = if set_ids.len() > 1 {
+                    set_ids.iter().map(|&(_, t)| t).collect()
+                } else {
+                    vec![net]
                 };
-                let (gamma, beta) = match &nm.affine {
-                    Some((g, bb)) => (Some(vec("weight", g.as_tensor())?), Some(vec("bias", bb.as_tensor())?)),
-                    None => (None, None),
+                let dims: Vec<u32> = if nets.len() > 1 {
+                    vec![nets.len() as u32, nm.channels as u32]
+                } else {
+                    vec![nm.channels as u32]
                 };
-                b.batch_norm(
-                    &nm.name,
-                    vec("running_mean", &nm.running_mean)?,
-                    vec("running_var", &nm.running_var)?,
-                    gamma,
-                    beta,
-                    nm.eps as f32,
-                )?
+                let rows = |suffix: &str, pick: &dyn Fn(&crate::model::Norm) -> Option<candle_core::Tensor>| {
+                    let mut values = Vec::with_capacity(nets.len() * nm.channels);
+                    for t in &nets {
+                        match pick(&t.norms[n]) {
+                            Some(v) => values.extend(v.to_vec1::<f32>()?),
+                            None => return Ok::<_, Error>(None),
+                        }
+                    }
+                    Ok(Some(TensorSpec::f32(format!("{}.{suffix}", nm.name), &dims, values)?))
+                };
+                let gamma = rows("weight", &|m| m.affine.as_ref().map(|a| a.0.as_tensor().clone()))?;
+                let beta = rows("bias", &|m| m.affine.as_ref().map(|a| a.1.as_tensor().clone()))?;
+                let mean = rows("running_mean", &|m| Some(m.running_mean.clone()))?;
+                let var = rows("running_var", &|m| Some(m.running_var.clone()))?;
+                let (Some(mean), Some(var)) = (mean, var) else {
+                    return Err(Error::Config(format!("{}: no running statistics", nm.name)));
+                };
+                b.batch_norm(&nm.name, mean, var, gamma, beta, nm.eps as f32)?
             }
             Node::Add(x, y) => b.add(&name, Input::Layer(smk_layer[x]), Input::Layer(smk_layer[y]))?,
         };

@@ -435,15 +435,17 @@ fn eval_tasks(run: &Run, json: bool) -> Result<()> {
         "  task given:              accuracy {:.2}% (mean over tasks)",
         100.0 * r.task_given_accuracy
     );
+    let pair = |task: Option<f64>, acc: Option<f64>| match (task, acc) {
+        (Some(t), Some(a)) => format!("task right {:.2}%, accuracy {:.2}%", 100.0 * t, 100.0 * a),
+        _ => "not computed: this model has norms or max pooling (the minimum-entropy rule applies)".into(),
+    };
     println!(
-        "  one-shot task inference: task right {:.2}%, accuracy {:.2}%",
-        100.0 * r.one_shot_task_accuracy,
-        100.0 * r.one_shot_accuracy
+        "  one-shot task inference: {}",
+        pair(r.one_shot_task_accuracy, r.one_shot_accuracy)
     );
     println!(
-        "  binary search:           task right {:.2}%, accuracy {:.2}%",
-        100.0 * r.binary_search_task_accuracy,
-        100.0 * r.binary_search_accuracy
+        "  binary search:           {}",
+        pair(r.binary_search_task_accuracy, r.binary_search_accuracy)
     );
     println!(
         "  minimum entropy:         task right {:.2}%, accuracy {:.2}%",

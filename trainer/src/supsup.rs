@@ -76,13 +76,13 @@ pub fn fit_tasks(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epo
         cfg
     };
     cfg.validate()?;
-    // One file holds one set of norms, and each task would train its own: per-task norms are
-    // not built yet, so models with norms are refused rather than exported wrong.
+    // Each SupSup task keeps its own (non-affine) norm statistics, exported as a row per task.
+    // PackNet's tasks would share one set of affine norms that every task retrains: refused
+    // rather than exported wrong.
     let probe = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu);
-    if probe.is_ok_and(|n| !n.norms.is_empty()) {
+    if cfg.method == MethodKind::Packnet && probe.is_ok_and(|n| !n.norms.is_empty()) {
         return Err(Error::Config(format!(
-            "{} does not support {} yet: its batch norms would need one set per task; use lenet-300-100 or fc-1024-1024",
-            cfg.method.id(),
+            "packnet does not support {} yet: its batch norms would be shared and retrained by every task; use lenet-300-100 or fc-1024-1024",
             cfg.model
         )));
     }
@@ -381,19 +381,21 @@ pub struct Report {
     pub tasks: usize,
     /// Mean test accuracy with each image's own task's mask.
     pub task_given_accuracy: f64,
-    /// Fraction of test images whose task the one-shot rule names.
-    pub one_shot_task_accuracy: f64,
+    /// Fraction of test images whose task the one-shot rule names (absent for models it does
+    /// not handle: norms, max pooling).
+    pub one_shot_task_accuracy: Option<f64>,
     /// Test accuracy with the mask of the one-shot rule's task.
-    pub one_shot_accuracy: f64,
+    pub one_shot_accuracy: Option<f64>,
     /// The same two for the minimum-entropy baseline.
     pub min_entropy_task_accuracy: f64,
     /// Test accuracy with the minimum-entropy task's mask.
     pub min_entropy_accuracy: f64,
     /// The same two for the binary search.
-    pub binary_search_task_accuracy: f64,
+    pub binary_search_task_accuracy: Option<f64>,
     /// Test accuracy with the binary search's task's mask.
-    pub binary_search_accuracy: f64,
-    /// Per task: (task given, one-shot task right, one-shot accuracy).
+    pub binary_search_accuracy: Option<f64>,
+    /// Per task: (task given, one-shot task right, one-shot accuracy); the last two 0 where
+    /// the one-shot rule does not apply.
     pub per_task: Vec<(f64, f64, f64)>,
 }
 
@@ -402,8 +404,14 @@ pub struct Report {
 /// images per task.
 pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Report> {
     let run = Run::open(dir)?;
-    let (nets, rule) = load_tasks(dir, device)?;
+    let (mut nets, rule) = load_tasks(dir, device)?;
     let t = nets.len();
+    // The gradient rules run every task's mask through one forward pass: chains of products,
+    // ReLU and average pooling (no norms, whose statistics are per task, and no max pooling).
+    let gradients = nets[0]
+        .nodes
+        .iter()
+        .all(|n| !matches!(n, Node::MaxPool(_) | Node::Norm(_)));
     let weights: Vec<Vec<Tensor>> = nets.iter().map(|n| masked_weights(n, rule)).collect::<Result<_>>()?;
     let (mut given, mut shot_task, mut shot_acc, mut ent_task, mut ent_acc, mut images) = (0.0, 0.0, 0.0, 0.0, 0.0, 0);
     let (mut bin_task, mut bin_acc) = (0.0, 0.0);
@@ -422,22 +430,35 @@ pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Rep
             let idx: Vec<usize> = (start..(start + 500).min(n)).collect();
             let (x, y) = train::batch(&test, &idx, device)?;
             let labels: Vec<u32> = y.to_vec1()?;
-            // Predictions under every task's mask: [T][N].
-            let preds: Vec<Vec<u32>> = weights
-                .iter()
-                .map(|w| Ok(forward(&nets[0], w, &x)?.argmax(D::Minus1)?.to_vec1()?))
-                .collect::<Result<_>>()?;
-            let shot = infer_tasks(&nets, rule, &x, Inference::OneShot)?;
-            let ent = infer_tasks(&nets, rule, &x, Inference::MinEntropy)?;
-            let bin = binary_search(&nets[0], &weights, &x)?;
+            // Every task's own network (its mask, and its norms' statistics): predictions
+            // [T][N], and the output entropies the minimum-entropy rule compares.
+            let mut preds: Vec<Vec<u32>> = Vec::with_capacity(t);
+            let mut entropies: Vec<Tensor> = Vec::with_capacity(t);
+            for net in nets.iter_mut() {
+                let z = net.forward(&x, rule, false)?;
+                preds.push(z.argmax(D::Minus1)?.to_vec1()?);
+                entropies.push(entropy(&z)?);
+            }
+            let ent: Vec<u32> = Tensor::stack(&entropies, 1)?.argmin(D::Minus1)?.to_vec1()?;
+            let (shot, bin) = if gradients {
+                (
+                    Some(infer_tasks(&nets, rule, &x, Inference::OneShot)?),
+                    Some(binary_search(&nets[0], &weights, &x)?),
+                )
+            } else {
+                (None, None)
+            };
             for (b, &label) in labels.iter().enumerate() {
                 g += (preds[k][b] == label) as usize;
-                st += (shot[b].0 == k) as usize;
-                sa += (preds[shot[b].0][b] == label) as usize;
-                ent_task += (ent[b].0 == k) as usize as f64;
-                ent_acc += (preds[ent[b].0][b] == label) as usize as f64;
-                bin_task += (bin[b].0 == k) as usize as f64;
-                bin_acc += (preds[bin[b].0][b] == label) as usize as f64;
+                let e = ent[b] as usize;
+                ent_task += (e == k) as usize as f64;
+                ent_acc += (preds[e][b] == label) as usize as f64;
+                if let (Some(shot), Some(bin)) = (&shot, &bin) {
+                    st += (shot[b].0 == k) as usize;
+                    sa += (preds[shot[b].0][b] == label) as usize;
+                    bin_task += (bin[b].0 == k) as usize as f64;
+                    bin_acc += (preds[bin[b].0][b] == label) as usize as f64;
+                }
             }
         }
         images += n;
@@ -447,15 +468,16 @@ pub fn evaluate(dir: &Path, limit: Option<usize>, device: &Device) -> Result<Rep
         per_task.push((g as f64 / n as f64, st as f64 / n as f64, sa as f64 / n as f64));
     }
     let images = images.max(1) as f64;
+    let rate = |v: f64| gradients.then_some(v / images);
     Ok(Report {
         tasks: t,
         task_given_accuracy: given / t as f64,
-        one_shot_task_accuracy: shot_task / images,
-        one_shot_accuracy: shot_acc / images,
+        one_shot_task_accuracy: rate(shot_task),
+        one_shot_accuracy: rate(shot_acc),
         min_entropy_task_accuracy: ent_task / images,
         min_entropy_accuracy: ent_acc / images,
-        binary_search_task_accuracy: bin_task / images,
-        binary_search_accuracy: bin_acc / images,
+        binary_search_task_accuracy: rate(bin_task),
+        binary_search_accuracy: rate(bin_acc),
         per_task,
     })
 }

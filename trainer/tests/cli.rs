@@ -95,7 +95,7 @@ fn bad_invocations_fail_with_one_clear_line() {
             vec![
                 "fit",
                 "--method",
-                "supsup",
+                "packnet",
                 "--task",
                 "permuted:2",
                 "--model",
@@ -103,7 +103,7 @@ fn bad_invocations_fail_with_one_clear_line() {
                 "--out",
                 out,
             ],
-            "supsup does not support resnet-8",
+            "packnet does not support resnet-8",
         ),
         (
             vec!["fit", "--method", "supsup", "--out", out],
