@@ -17,7 +17,8 @@ pub struct BenchArgs {
     /// The .smk file to time.
     model: Option<PathBuf>,
     /// Time a model built in memory instead: `linear:OUTxINxCOUNT` (a stack of COUNT linear
-    /// layers), then any of `weights=f32|f16|bf16|seeded` (seeded: signed-constant),
+    /// layers), then any of `weights=f32|f16|bf16|seeded|signs` (seeded: signed-constant;
+    /// signs: stored learned binary weights, element masks only),
     /// `mask=none|element|blockRxC`, `density=F` (fraction of weights or blocks kept),
     /// `layout=packed|tiled` (block masks over stored weights; default packed, as `trainer
     /// export` writes a single mask), `seed=N`. Example:
@@ -97,7 +98,7 @@ fn parse_spec(s: &str) -> Result<Spec, String> {
             .split_once('=')
             .ok_or_else(|| bad(&format!("{kv:?} is not key=value")))?;
         match k {
-            "weights" if ["f32", "f16", "bf16", "seeded"].contains(&v) => spec.weights = v.into(),
+            "weights" if ["f32", "f16", "bf16", "seeded", "signs"].contains(&v) => spec.weights = v.into(),
             "mask" if v == "none" => {}
             "mask" if v == "element" => spec.element = true,
             "mask" => {
@@ -169,6 +170,7 @@ fn build(spec: &Spec, dense: bool) -> Result<Vec<u8>, String> {
                     scale,
                 },
             ),
+            "signs" => TensorSpec::signs(&name, &[rows, cols], bits(seed ^ 0x5161, n, 0.5), scale),
             "f16" => TensorSpec::new(
                 &name,
                 &[rows, cols],
