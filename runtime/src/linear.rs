@@ -214,8 +214,15 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
         })?,
         Path::SignedBlocks { c, .. } => padded_input(c)?.checked_add(batch.checked_mul(cols.div_ceil(c))?)?,
         Path::Generated => cols,
-        // The inputs transposed (batch-major only), and eight rows written out.
-        Path::StoredSigns => outer(cols)?.checked_add(kernels::OUTER_ROWS.checked_mul(cols)?)?,
+        // The inputs transposed (batch-major only), and eight rows written out; on x86_64 also
+        // the AVX-512 lookup kernel's tables and the sign words cut into halves.
+        Path::StoredSigns => outer(cols)?
+            .checked_add(kernels::OUTER_ROWS.checked_mul(cols)?)?
+            .checked_add(if cfg!(target_arch = "x86_64") {
+                words.checked_mul(LUT_F32_PER_WORD + 32)?
+            } else {
+                0
+            })?,
     };
     Some(round_up(n, 16))
 }
@@ -547,6 +554,40 @@ pub(crate) fn matvec(
                 .ok_or(bad.clone())?;
             let m = element_mask(mask)?;
             let outer = io.batch >= OUTER_MIN_BATCH;
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 && !outer {
+                // Few inputs: the seeded kernel's table lookup, reading the stored words.
+                let (tables, rest) = work.split_at_mut_checked(words * 256).ok_or(bad.clone())?;
+                let (mask_t, rest) = rest.split_at_mut_checked(32 * words).ok_or(bad.clone())?;
+                let signs_t = rest.get_mut(..32 * words).ok_or(bad.clone())?;
+                let mask_t: &mut [u32] = bytemuck::cast_slice_mut(mask_t);
+                let signs_t: &mut [u32] = bytemuck::cast_slice_mut(signs_t);
+                for b in 0..io.batch {
+                    let xb = &x[b * io.x_stride..b * io.x_stride + cols];
+                    // SAFETY: AVX-512 is available (the plan checked `isa`); `tables` holds
+                    // words·256 values, `mask_t` and `signs_t` 32·words halves each, `xb` cols;
+                    // `signs` and the mask (when present) hold rows·words words, and every
+                    // output row of input b is inside `y` (checked above).
+                    unsafe {
+                        simd::avx512::subset_sums(xb.as_ptr(), cols, words, tables.as_mut_ptr());
+                        simd::avx512::stored_signs_lut(
+                            signs.as_ptr(),
+                            signs_t.as_mut_ptr(),
+                            rows,
+                            words,
+                            m,
+                            words,
+                            mask_t.as_mut_ptr(),
+                            tables.as_ptr(),
+                            xb.iter().sum(),
+                            scale,
+                            y.as_mut_ptr().add(b * io.y_batch),
+                            io.y_row,
+                        );
+                    }
+                }
+                return Ok(());
+            }
             let (xt, rest) = if outer {
                 let bp = round_up(io.batch, lanes(isa));
                 let (xt, rest) = work.split_at_mut(round_up(cols * bp, 16));

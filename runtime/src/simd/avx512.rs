@@ -209,8 +209,10 @@ pub(crate) unsafe fn signed_rows_lut(
     // SAFETY: forwarded contract.
     unsafe {
         if mask.is_null() {
-            lut_rows::<false>(
+            lut_rows::<false, false>(
                 key,
+                core::ptr::null(),
+                core::ptr::null_mut(),
                 rows,
                 words,
                 mask,
@@ -223,8 +225,71 @@ pub(crate) unsafe fn signed_rows_lut(
                 y_row,
             )
         } else {
-            lut_rows::<true>(
+            lut_rows::<true, false>(
                 key,
+                core::ptr::null(),
+                core::ptr::null_mut(),
+                rows,
+                words,
+                mask,
+                mask_stride,
+                mask_t,
+                tables,
+                total,
+                scale,
+                y,
+                y_row,
+            )
+        }
+    }
+}
+
+/// Stored sign rows (learned binary weights) by the same table lookup as
+/// [`signed_rows_lut`]: the sign words are read from `signs` (`rows` rows of `words` words)
+/// and cut into halves like the mask, instead of being generated.
+///
+/// # Safety
+/// As [`signed_rows_lut`]; `signs` holds `rows · words` words and `signs_t` is valid for
+/// `32 · words` writes.
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn stored_signs_lut(
+    signs: *const u64,
+    signs_t: *mut u32,
+    rows: usize,
+    words: usize,
+    mask: *const u64,
+    mask_stride: usize,
+    mask_t: *mut u32,
+    tables: *const f32,
+    total: f32,
+    scale: f32,
+    y: *mut f32,
+    y_row: usize,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if mask.is_null() {
+            lut_rows::<false, true>(
+                0,
+                signs,
+                signs_t,
+                rows,
+                words,
+                mask,
+                mask_stride,
+                mask_t,
+                tables,
+                total,
+                scale,
+                y,
+                y_row,
+            )
+        } else {
+            lut_rows::<true, true>(
+                0,
+                signs,
+                signs_t,
                 rows,
                 words,
                 mask,
@@ -299,8 +364,10 @@ unsafe fn transpose_mask(mask: *const u64, mask_stride: usize, r0: usize, rn: us
 /// As for [`signed_rows_lut`].
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn lut_rows<const MASKED: bool>(
+unsafe fn lut_rows<const MASKED: bool, const STORED: bool>(
     key: u64,
+    signs: *const u64,
+    signs_t: *mut u32,
     rows: usize,
     words: usize,
     mask: *const u64,
@@ -330,6 +397,9 @@ unsafe fn lut_rows<const MASKED: bool>(
             if MASKED {
                 transpose_mask(mask, mask_stride, r0, rn, words, mask_t);
             }
+            if STORED {
+                transpose_mask(signs, words, r0, rn, words, signs_t);
+            }
             let z = _mm512_setzero_ps();
             let (mut pos, mut all) = ([z; 4], [z; 4]);
             // The next 16 rows' mask words, 16·words·8 bytes from row r0 + 16 on when rows
@@ -341,12 +411,21 @@ unsafe fn lut_rows<const MASKED: bool>(
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128 * wi).cast());
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128 * wi + 64).cast());
                 }
-                // Signs of rows r0 .. r0 + 16 at word wi: draws r·words + wi, a progression.
-                let (z0, _) = super::draw_progression(key, (r0 * words + wi) as u64, 0);
-                let lanes = _mm512_add_epi64(_mm512_set1_epi64(z0 as i64), offsets);
-                let (s_lo, s_hi) = (mix64(lanes), mix64(_mm512_add_epi64(lanes, eight)));
+                // Signs of rows r0 .. r0 + 16 at word wi: stored (cut into halves above), or
+                // draws r·words + wi, a progression.
+                let (s_lo, s_hi) = if STORED {
+                    (_mm512_setzero_si512(), _mm512_setzero_si512())
+                } else {
+                    let (z0, _) = super::draw_progression(key, (r0 * words + wi) as u64, 0);
+                    let lanes = _mm512_add_epi64(_mm512_set1_epi64(z0 as i64), offsets);
+                    (mix64(lanes), mix64(_mm512_add_epi64(lanes, eight)))
+                };
                 for half in 0..2 {
-                    let s = _mm512_permutex2var_epi32(s_lo, if half == 0 { low_halves } else { high_halves }, s_hi);
+                    let s = if STORED {
+                        _mm512_loadu_si512(signs_t.add(32 * wi + 16 * half).cast())
+                    } else {
+                        _mm512_permutex2var_epi32(s_lo, if half == 0 { low_halves } else { high_halves }, s_hi)
+                    };
                     let m = if MASKED {
                         _mm512_loadu_si512(mask_t.add(32 * wi + 16 * half).cast())
                     } else {
