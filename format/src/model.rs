@@ -267,7 +267,8 @@ impl<'a> Tensor<'a> {
     }
 
     /// Channel `i` of a batch norm's vector under mask set `set`: the vector itself when the
-    /// tensor is `[C]`, row `set` when it is `[tasks, C]` (per-task norms, format 1.1).
+    /// tensor is `[C]`, row `set` when it is `[tasks, C]` (per-task norms, format 1.1; `None`
+    /// reads row 0, so name the set for such a tensor).
     pub fn channel(&self, set: Option<u32>, i: u64) -> f32 {
         let row = if self.shape.rank() == 2 {
             set.unwrap_or(0) as u64

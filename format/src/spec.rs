@@ -9,7 +9,7 @@ pub const MAGIC: [u8; 8] = *b"\x89SMK\r\n\x1a\n";
 pub const VERSION_MAJOR: u16 = 1;
 /// The newest minor version this crate reads and writes. Readers accept any minor of their
 /// major; the writer writes the oldest minor that has every feature a file uses (1.0 unless it
-/// stores signs).
+/// stores signs or per-task batch norms).
 pub const VERSION_MINOR: u16 = 1;
 /// The byte-order marker, stored little-endian (bytes `04 03 02 01`).
 pub const BYTE_ORDER_MARK: u32 = 0x0102_0304;

@@ -147,8 +147,8 @@ pub(crate) fn layer_norm(
         let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / len as f32;
         let inv = 1.0 / libm::sqrtf(var + eps);
         for (k, (o, v)) in ys.iter_mut().zip(xs).enumerate() {
-            *o =
-                (v - mean) * inv * gamma.map_or(1.0, |g| g.stored(k as u64)) + beta.map_or(0.0, |b| b.stored(k as u64));
+            *o = (v - mean) * inv * gamma.map_or(1.0, |g| g.value(0, k as u64))
+                + beta.map_or(0.0, |b| b.value(0, k as u64));
         }
     }
 }

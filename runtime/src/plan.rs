@@ -292,7 +292,7 @@ impl<'a> Plan<'a> {
                 if let Some(bias) = opt(bias)? {
                     for yb in y.chunks_exact_mut(out_numel) {
                         for (o, v) in yb.iter_mut().enumerate() {
-                            *v += bias.stored(o as u64);
+                            *v += bias.value(0, o as u64);
                         }
                     }
                 }
@@ -318,7 +318,7 @@ impl<'a> Plan<'a> {
                     linear::matvec(self.isa, &t, mask.as_ref(), patches, yb, io, rest, l.index)?;
                     if let Some(bias) = opt(bias)? {
                         for (o, plane) in yb.chunks_exact_mut(p).enumerate().take(o_n) {
-                            let b = bias.stored(o as u64);
+                            let b = bias.value(0, o as u64);
                             plane.iter_mut().for_each(|v| *v += b);
                         }
                     }

@@ -432,6 +432,11 @@ impl FitConfig {
             if !self.devices.is_empty() || self.teacher.is_some() || self.task.is_some() {
                 return bad("--objective dino runs on one device, without --teacher or --task".into());
             }
+            // The teacher runs in inference mode: its norms would keep their initial
+            // statistics. Not built: refused rather than trained wrong.
+            if self.model == "resnet-8" {
+                return bad("--objective dino does not support resnet-8 yet (batch norms in the EMA teacher)".into());
+            }
         }
         if self.method.is_sequence() && self.batches_per_task == 0 {
             return bad("--batches-per-task must be at least 1".into());

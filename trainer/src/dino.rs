@@ -296,6 +296,9 @@ fn features(net: &mut Net, ds: &Dataset, rule: Binarize, device: &Device) -> Res
 /// k-NN accuracy of `net`'s features: each test image labelled by the weighted vote of its 20
 /// most similar training images.
 pub fn knn_accuracy(net: &mut Net, train: &Dataset, test: &Dataset, rule: Binarize, device: &Device) -> Result<f64> {
+    if train.is_empty() {
+        return Err(Error::Config("k-NN needs training images".into()));
+    }
     let bank = features(net, train, rule, device)?;
     let queries = features(net, test, rule, device)?;
     let k = KNN_K.min(train.len());

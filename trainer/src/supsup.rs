@@ -133,7 +133,8 @@ pub fn fit_tasks(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epo
 }
 
 /// Every finished task's network (the same frozen weights, each with its own scores), on
-/// `device`, with the rule its masks were trained under.
+/// `device`, with the rule its masks were trained under. Stops at the first task that has not
+/// finished its epochs: a PackNet task stopped before its prune still holds every free weight.
 pub fn load_tasks(dir: &Path, device: &Device) -> Result<(Vec<Net>, Binarize)> {
     let run = Run::open(dir)?;
     let tasks = family(&run.cfg)?.count();
@@ -144,7 +145,11 @@ pub fn load_tasks(dir: &Path, device: &Device) -> Result<(Vec<Net>, Binarize)> {
         if !sub.join("checkpoint.safetensors").exists() {
             break;
         }
-        let (net, _, r) = Run::open(&sub)?.load_net(device)?;
+        let task = Run::open(&sub)?;
+        if task.metrics()?.len() < task.cfg.epochs {
+            break;
+        }
+        let (net, _, r) = task.load_net(device)?;
         rule = r;
         nets.push(net);
     }

@@ -82,4 +82,11 @@ fn dino_refuses_what_it_cannot_train() {
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("--objective dino"), "{method:?}: {e}");
     }
+    let cfg = FitConfig {
+        objective: Objective::Dino,
+        model: "resnet-8".into(),
+        ..FitConfig::defaults(MethodKind::EdgePopup)
+    };
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("resnet-8"), "{e}");
 }

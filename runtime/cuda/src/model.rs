@@ -280,7 +280,9 @@ fn arch_of((major, minor): (i32, i32)) -> &'static str {
 
 /// Host values of a tensor as f32, whatever its storage.
 fn host_f32(t: &Tensor<'_>) -> Vec<f32> {
-    (0..t.shape.numel()).map(|i| t.stored(i)).collect()
+    // `value`, not `stored`: a seeded vector is generated, not read as zeros.
+    let cols = t.matrix().1.max(1);
+    (0..t.shape.numel()).map(|i| t.value(i / cols, i % cols)).collect()
 }
 
 fn geometry(input: Shape, output: Shape, w: &Window2d) -> Geometry {
@@ -626,7 +628,13 @@ impl GpuModel {
                 let dense = w
                     .to_f32_vec()
                     .ok_or_else(|| unsupported("signs too large to widen in memory"))?;
-                let bytes: Vec<u8> = dense.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let mut bytes = Vec::new();
+                bytes
+                    .try_reserve_exact(dense.len() * 4)
+                    .map_err(|_| unsupported("signs too large to widen in memory"))?;
+                for v in &dense {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
                 Product::Rows {
                     kind: 0,
                     data: stream.clone_htod(&bytes)?,

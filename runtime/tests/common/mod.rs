@@ -29,7 +29,8 @@ pub fn reference(model: &Model<'_>, task: Option<u32>, input: &[f32]) -> Referen
     let task = task.or((model.mask_set_count() == 1).then_some(0));
     let mask = |t: u32| task.and_then(|s| model.mask(s, t));
     let stored = |t: Option<u32>, i: usize, default: f64| {
-        t.map_or(default, |t| model.tensor(t).unwrap().stored(i as u64) as f64)
+        // Whole tensors as f32 (a seeded bias is generated, not zero).
+        t.map_or(default, |t| model.tensor(t).unwrap().to_f32_vec().unwrap()[i] as f64)
     };
     let mut acts: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
     let graph_in: (Vec<f64>, Vec<f64>) = (
