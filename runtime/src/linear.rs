@@ -425,32 +425,8 @@ pub(crate) fn matvec(
             let (sign_area, rest) = work.split_at_mut(round_up(2 * words, 16));
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 {
-                let (tables, rest) = rest.split_at_mut_checked(words * 256).ok_or(bad.clone())?;
-                let mask_t: &mut [u32] = bytemuck::cast_slice_mut(rest.get_mut(..32 * words).ok_or(bad.clone())?);
-                for b in 0..io.batch {
-                    let xb = &x[b * io.x_stride..b * io.x_stride + cols];
-                    // SAFETY: AVX-512 is available (the plan checked `isa`); `tables` holds
-                    // words·256 values, `mask_t` 32·words halves, `xb` cols; the mask (when
-                    // present) holds rows·words words, and every output row of input b is
-                    // inside `y` (checked above).
-                    unsafe {
-                        simd::avx512::subset_sums(xb.as_ptr(), cols, words, tables.as_mut_ptr());
-                        simd::avx512::signed_rows_lut(
-                            key,
-                            rows,
-                            words,
-                            m,
-                            words,
-                            mask_t.as_mut_ptr(),
-                            tables.as_ptr(),
-                            xb.iter().sum(),
-                            init.scale,
-                            y.as_mut_ptr().add(b * io.y_batch),
-                            io.y_row,
-                        );
-                    }
-                }
-                return Ok(());
+                let signs = simd::avx512::SignBits::Seeded(key);
+                return lut_products(signs, m, rows, cols, init.scale, x, io, y, rest, layer);
             }
             let _ = rest; // only the AVX-512 kernel above uses the space after the signs
             let signs: &mut [u64] =
@@ -557,36 +533,12 @@ pub(crate) fn matvec(
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx512 && !outer {
                 // Few inputs: the seeded kernel's table lookup, reading the stored words.
-                let (tables, rest) = work.split_at_mut_checked(words * 256).ok_or(bad.clone())?;
-                let (mask_t, rest) = rest.split_at_mut_checked(32 * words).ok_or(bad.clone())?;
-                let signs_t = rest.get_mut(..32 * words).ok_or(bad.clone())?;
-                let mask_t: &mut [u32] = bytemuck::cast_slice_mut(mask_t);
-                let signs_t: &mut [u32] = bytemuck::cast_slice_mut(signs_t);
-                for b in 0..io.batch {
-                    let xb = &x[b * io.x_stride..b * io.x_stride + cols];
-                    // SAFETY: AVX-512 is available (the plan checked `isa`); `tables` holds
-                    // words·256 values, `mask_t` and `signs_t` 32·words halves each, `xb` cols;
-                    // `signs` and the mask (when present) hold rows·words words, and every
-                    // output row of input b is inside `y` (checked above).
-                    unsafe {
-                        simd::avx512::subset_sums(xb.as_ptr(), cols, words, tables.as_mut_ptr());
-                        simd::avx512::stored_signs_lut(
-                            signs.as_ptr(),
-                            signs_t.as_mut_ptr(),
-                            rows,
-                            words,
-                            m,
-                            words,
-                            mask_t.as_mut_ptr(),
-                            tables.as_ptr(),
-                            xb.iter().sum(),
-                            scale,
-                            y.as_mut_ptr().add(b * io.y_batch),
-                            io.y_row,
-                        );
-                    }
-                }
-                return Ok(());
+                let (halves, rest) = work.split_at_mut_checked(32 * words).ok_or(bad.clone())?;
+                let signs = simd::avx512::SignBits::Stored {
+                    words: signs.as_ptr(),
+                    halves: bytemuck::cast_slice_mut::<f32, u32>(halves).as_mut_ptr(),
+                };
+                return lut_products(signs, m, rows, cols, scale, x, io, y, rest, layer);
             }
             let (xt, rest) = if outer {
                 let bp = round_up(io.batch, lanes(isa));
@@ -650,6 +602,54 @@ pub(crate) fn matvec(
                     y[b * io.y_batch + o * io.y_row] = acc;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Signed rows for each input by AVX-512 table lookup (seeded or stored signs): the subset
+/// sums of the input, then sixteen rows a lookup. `work` holds the tables and the mask's
+/// halves; `m` is the element mask or null. Stored signs must hold `rows · words` words and
+/// their halves `32 · words` (the caller's).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn lut_products(
+    signs: simd::avx512::SignBits,
+    m: *const u64,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    x: &[f32],
+    io: Io,
+    y: &mut [f32],
+    work: &mut [f32],
+    layer: u32,
+) -> Result<(), Error> {
+    let bad = Error::Inconsistent { layer };
+    let words = cols.div_ceil(64);
+    let (tables, rest) = work.split_at_mut_checked(words * 256).ok_or(bad.clone())?;
+    let mask_t: &mut [u32] = bytemuck::cast_slice_mut(rest.get_mut(..32 * words).ok_or(bad)?);
+    for b in 0..io.batch {
+        let xb = &x[b * io.x_stride..b * io.x_stride + cols];
+        // SAFETY: AVX-512 is available (the plan checked the ISA); `tables` holds words·256
+        // values, `mask_t` 32·words halves, `xb` cols; the mask (when present) and stored signs
+        // hold rows·words words (the caller checked), and every output row of input b is inside
+        // `y` (`matvec` checked).
+        unsafe {
+            simd::avx512::subset_sums(xb.as_ptr(), cols, words, tables.as_mut_ptr());
+            simd::avx512::signed_rows_lut(
+                signs,
+                rows,
+                words,
+                m,
+                words,
+                mask_t.as_mut_ptr(),
+                tables.as_ptr(),
+                xb.iter().sum(),
+                scale,
+                y.as_mut_ptr().add(b * io.y_batch),
+                io.y_row,
+            );
         }
     }
     Ok(())

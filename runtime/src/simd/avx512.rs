@@ -181,20 +181,36 @@ pub(crate) unsafe fn subset_sums(x: *const f32, cols: usize, words: usize, table
     }
 }
 
-/// Seeded signed-constant rows by table lookup, sixteen rows at once, one row per lane: with
-/// `s` a row's sign bits and `m` its mask, `y = scale · (2 · Σ_{m∧s} x − Σ_m x)`, where each
-/// group of four columns contributes `tables[16g + nibble]`, looked up for sixteen rows by one
-/// permute. One permute and one add then cover 64 weights, where masked adds cover 16. Without
-/// a mask, `Σ_m x` is `total`.
+/// Where the sign bits of [`signed_rows_lut`] come from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum SignBits {
+    /// Generated from a seeded signed-constant tensor's key.
+    Seeded(u64),
+    /// Stored (learned binary weights): `rows` rows of `words` words, cut into 32-bit halves
+    /// in `halves` (valid for `32 · words` writes) sixteen rows at a time, as the mask is.
+    Stored {
+        /// The sign words.
+        words: *const u64,
+        /// Room for one block of sixteen rows' halves.
+        halves: *mut u32,
+    },
+}
+
+/// Signed-constant rows (seeded or stored signs) by table lookup, sixteen rows at once, one row
+/// per lane: with `s` a row's sign bits and `m` its mask, `y = scale · (2 · Σ_{m∧s} x − Σ_m x)`,
+/// where each group of four columns contributes `tables[16g + nibble]`, looked up for sixteen
+/// rows by one permute. One permute and one add then cover 64 weights, where masked adds cover
+/// 16. Without a mask, `Σ_m x` is `total`.
 ///
 /// # Safety
 /// AVX-512F and DQ are present; `tables` holds [`subset_sums`] for `words` words; `mask` is null
 /// (no mask) or holds `rows` rows of `words` words at `mask_stride`, and then `mask_t` is valid
-/// for `32 · words` writes; `y[o · y_row]` is writable for `o < rows`.
+/// for `32 · words` writes; stored `signs` are as [`SignBits::Stored`] says; `y[o · y_row]` is
+/// writable for `o < rows`.
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn signed_rows_lut(
-    key: u64,
+    signs: SignBits,
     rows: usize,
     words: usize,
     mask: *const u64,
@@ -206,13 +222,16 @@ pub(crate) unsafe fn signed_rows_lut(
     y: *mut f32,
     y_row: usize,
 ) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        if mask.is_null() {
-            lut_rows::<false, false>(
+    let (key, stored, halves) = match signs {
+        SignBits::Seeded(key) => (key, core::ptr::null(), core::ptr::null_mut()),
+        SignBits::Stored { words, halves } => (0, words, halves),
+    };
+    macro_rules! rows {
+        ($masked:literal, $stored:literal) => {
+            lut_rows::<$masked, $stored>(
                 key,
-                core::ptr::null(),
-                core::ptr::null_mut(),
+                stored,
+                halves,
                 rows,
                 words,
                 mask,
@@ -224,83 +243,15 @@ pub(crate) unsafe fn signed_rows_lut(
                 y,
                 y_row,
             )
-        } else {
-            lut_rows::<true, false>(
-                key,
-                core::ptr::null(),
-                core::ptr::null_mut(),
-                rows,
-                words,
-                mask,
-                mask_stride,
-                mask_t,
-                tables,
-                total,
-                scale,
-                y,
-                y_row,
-            )
-        }
+        };
     }
-}
-
-/// Stored sign rows (learned binary weights) by the same table lookup as
-/// [`signed_rows_lut`]: the sign words are read from `signs` (`rows` rows of `words` words)
-/// and cut into halves like the mask, instead of being generated.
-///
-/// # Safety
-/// As [`signed_rows_lut`]; `signs` holds `rows · words` words and `signs_t` is valid for
-/// `32 · words` writes.
-#[target_feature(enable = "avx512f,avx512dq,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn stored_signs_lut(
-    signs: *const u64,
-    signs_t: *mut u32,
-    rows: usize,
-    words: usize,
-    mask: *const u64,
-    mask_stride: usize,
-    mask_t: *mut u32,
-    tables: *const f32,
-    total: f32,
-    scale: f32,
-    y: *mut f32,
-    y_row: usize,
-) {
     // SAFETY: forwarded contract.
     unsafe {
-        if mask.is_null() {
-            lut_rows::<false, true>(
-                0,
-                signs,
-                signs_t,
-                rows,
-                words,
-                mask,
-                mask_stride,
-                mask_t,
-                tables,
-                total,
-                scale,
-                y,
-                y_row,
-            )
-        } else {
-            lut_rows::<true, true>(
-                0,
-                signs,
-                signs_t,
-                rows,
-                words,
-                mask,
-                mask_stride,
-                mask_t,
-                tables,
-                total,
-                scale,
-                y,
-                y_row,
-            )
+        match (mask.is_null(), stored.is_null()) {
+            (true, true) => rows!(false, false),
+            (false, true) => rows!(true, false),
+            (true, false) => rows!(false, true),
+            (false, false) => rows!(true, true),
         }
     }
 }
