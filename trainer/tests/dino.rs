@@ -4,23 +4,14 @@
 
 mod common;
 
-use common::small_data;
+use common::{small_data_in, QUIET};
 use smk_trainer::config::{FitConfig, MethodKind, Objective};
 use smk_trainer::train::{fit, FitOptions, Run};
-
-const QUIET: FitOptions = FitOptions {
-    resume: false,
-    quiet: true,
-    stop_after: None,
-    profile: false,
-};
 
 #[test]
 fn dino_trains_masks_without_labels_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let cfg = FitConfig {
         data: data.clone(),
         epochs: 2,

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::DType;
-use common::small_data;
+use common::{small_data_in, QUIET};
 use smk_trainer::config::{FitConfig, FrozenDtype, MethodKind};
 use smk_trainer::export::{export, WeightsDtype};
 use smk_trainer::model::Net;
@@ -20,19 +20,10 @@ fn config(data: &Path, method: MethodKind, epochs: usize) -> FitConfig {
     }
 }
 
-const QUIET: FitOptions = FitOptions {
-    resume: false,
-    quiet: true,
-    stop_after: None,
-    profile: false,
-};
-
 #[test]
 fn same_seed_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let mut files = Vec::new();
     for run in ["a", "b"] {
         let dir = tmp.path().join(run);
@@ -80,9 +71,7 @@ fn same_seed_same_bytes() {
 #[test]
 fn resume_continues_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     for (method, dtype) in [
         (MethodKind::EdgePopup, FrozenDtype::F32),
         (MethodKind::Dense, FrozenDtype::F32),
@@ -123,9 +112,7 @@ fn resume_continues_exactly() {
 #[test]
 fn fit_refuses_to_overwrite_and_eval_reads_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let dir = tmp.path().join("run");
     let m = fit(&dir, config(&data, MethodKind::Dense, 1), QUIET).unwrap();
     let e = fit(&dir, config(&data, MethodKind::Dense, 1), QUIET)
@@ -154,9 +141,7 @@ fn fit_refuses_to_overwrite_and_eval_reads_back() {
 #[test]
 fn sweep_writes_a_table_and_a_plot() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let out = tmp.path().join("sweep");
     let base = config(&data, MethodKind::EdgePopup, 1);
     let rows = smk_trainer::sweep::sweep(&out, &base, &[0.1, 0.5], true).unwrap();
@@ -179,9 +164,7 @@ fn sweep_writes_a_table_and_a_plot() {
 #[test]
 fn init_from_reads_pytorch_style_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     // Weights named as PyTorch names an nn.Module's parameters (fc1.weight, ...), shaped [out, in].
     let dev = candle_core::Device::Cpu;
     let mut tensors = std::collections::HashMap::new();
@@ -231,9 +214,7 @@ fn init_from_reads_pytorch_style_safetensors() {
 #[test]
 fn split_task_runs_evaluate_and_export() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let dir = tmp.path().join("digits-5-9");
     let cfg = FitConfig {
         task: Some("split:2".into()),
@@ -257,9 +238,7 @@ fn split_task_runs_evaluate_and_export() {
 #[test]
 fn interrupted_writes_are_survived() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let cfg = FitConfig {
         warmup_epochs: 0,
         cooldown_epochs: 1,
@@ -307,9 +286,7 @@ fn interrupted_writes_are_survived() {
 #[test]
 fn a_diverging_loss_stops_the_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let dir = tmp.path().join("run");
     // 75 steps: the read after step 50 (mid-epoch) is the one that sees it.
     let cfg = FitConfig {
@@ -327,9 +304,7 @@ fn a_diverging_loss_stops_the_run() {
 #[test]
 fn bf16_frozen_weights_train() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let dev = candle_core::Device::Cpu;
     for (method, dtype) in [
         (MethodKind::EdgePopup, FrozenDtype::Bf16),
@@ -387,9 +362,7 @@ fn bf16_frozen_weights_train() {
 #[test]
 fn bf16_loaded_weights_export_the_values_used() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let dev = candle_core::Device::Cpu;
     let mut tensors = std::collections::HashMap::new();
     for (name, out, inp) in [("fc1", 300usize, 784usize), ("fc2", 100, 300), ("fc3", 10, 100)] {
@@ -449,9 +422,7 @@ fn bf16_loaded_weights_export_the_values_used() {
 #[test]
 fn data_parallel_replicas_take_the_single_device_step() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     for method in [MethodKind::Dense, MethodKind::EdgePopup] {
         // 600 examples: batches of 250, 250 and 100, split three ways (ragged shards).
         let cfg = FitConfig {
@@ -511,9 +482,7 @@ fn data_parallel_replicas_take_the_single_device_step() {
 fn dnw_keeps_the_largest_weights_and_trains_them_all() {
     use smk_trainer::mask::{hard_mask, Binarize};
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let cfg = FitConfig {
         keep: 0.2,
         ..config(&data, MethodKind::Dnw, 3)

@@ -4,26 +4,17 @@
 
 mod common;
 
-use common::small_data;
+use common::{small_data_in, QUIET};
 use smk_format::Model;
 use smk_trainer::config::{FitConfig, MethodKind};
 use smk_trainer::export::{export, WeightsDtype};
 use smk_trainer::supsup;
 use smk_trainer::train::{fit, FitOptions};
 
-const QUIET: FitOptions = FitOptions {
-    resume: false,
-    quiet: true,
-    stop_after: None,
-    profile: false,
-};
-
 #[test]
 fn tasks_train_in_turn_resume_infer_and_export() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let cfg = FitConfig {
         data: data.clone(),
         task: Some("permuted:3".into()),
@@ -82,9 +73,7 @@ fn tasks_train_in_turn_resume_infer_and_export() {
 #[test]
 fn packnet_tasks_own_their_weights_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let cfg = FitConfig {
         data: data.clone(),
         task: Some("permuted:3".into()),
@@ -166,9 +155,7 @@ fn packnet_tasks_own_their_weights_and_resume() {
 #[test]
 fn data_writes_every_task_as_idx() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    small_data(&data);
+    let data = small_data_in(tmp.path());
     let ds = smk_trainer::data::load_mnist(&data, smk_trainer::data::Split::Test).unwrap();
     let family: smk_trainer::data::TaskFamily = "split:5".parse().unwrap();
     let out = tmp.path().join("tasks");

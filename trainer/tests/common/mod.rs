@@ -4,6 +4,15 @@
 use std::path::Path;
 
 use smk_trainer::data::{default_data_dir, load_mnist, Dataset, Split};
+use smk_trainer::train::FitOptions;
+
+/// Options for tests: no progress bar.
+pub const QUIET: FitOptions = FitOptions {
+    resume: false,
+    quiet: true,
+    stop_after: None,
+    profile: false,
+};
 
 fn write_idx(path: &Path, dims: &[u32], body: &[u8]) {
     let mut v = vec![0, 0, 8, dims.len() as u8];
@@ -33,4 +42,12 @@ pub fn small_data(dir: &Path) {
     let src = default_data_dir();
     write_split(dir, "train", &load_mnist(&src, Split::Train).unwrap(), 600);
     write_split(dir, "t10k", &load_mnist(&src, Split::Test).unwrap(), 200);
+}
+
+/// [`small_data`] in `dir/data`, which it creates; returns that directory.
+pub fn small_data_in(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    small_data(&data);
+    data
 }
