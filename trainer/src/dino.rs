@@ -152,10 +152,10 @@ impl Dino {
         rule: Binarize,
     ) -> Result<(Tensor, Tensor)> {
         let globals = views.narrow(0, 0, GLOBAL_CROPS * batch)?;
-        let tf = self.teacher.features_train(&globals, rule, false)?;
+        let tf = self.teacher.features(&globals, rule, false)?;
         let [a, b, c] = &self.teacher_head;
         let t_out = head_logits([a, b, c], &tf)?.detach();
-        let sf = student.features_train(views, rule, true)?;
+        let sf = student.features(views, rule, true)?;
         let [a, b, c] = &self.head;
         let s_out = head_logits([a.as_tensor(), b.as_tensor(), c.as_tensor()], &sf)?;
         let t_prob = candle_nn::ops::softmax(
@@ -286,7 +286,7 @@ fn features(net: &mut Net, ds: &Dataset, rule: Binarize, device: &Device) -> Res
     let mut parts = Vec::new();
     for chunk in idx.chunks(1000) {
         let (x, _) = crate::train::batch(ds, chunk, device)?;
-        let f = net.features(&x, rule)?.flatten_from(1)?;
+        let f = net.features(&x, rule, false)?;
         let norm = f.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         parts.push(f.broadcast_div(&norm)?);
     }
@@ -387,6 +387,30 @@ mod tests {
             all.iter().all(|p| (0.0..=1.0).contains(p)),
             "bilinear stays within the pixels' range"
         );
+    }
+
+    #[test]
+    fn the_teacher_moves_towards_the_student_by_the_momentum() {
+        let cfg = crate::config::FitConfig::defaults(crate::config::MethodKind::EdgePopup);
+        let build = || Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
+        let student = build();
+        let mut dino = Dino::new(&student, build(), 0, &Device::Cpu).unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let teacher0 = values(dino.teacher.layers[0].scores.as_ref().unwrap().as_tensor());
+        let head0 = values(&dino.teacher_head[2]);
+        // The student moves: every score and the prototypes by +1.
+        let s = student.layers[0].scores.as_ref().unwrap();
+        s.set(&(s.as_tensor() + 1.0).unwrap()).unwrap();
+        dino.head[2].set(&(dino.head[2].as_tensor() + 1.0).unwrap()).unwrap();
+        dino.follow(&student, 0.75).unwrap();
+        let teacher1 = values(dino.teacher.layers[0].scores.as_ref().unwrap().as_tensor());
+        let head1 = values(&dino.teacher_head[2]);
+        for (a, b) in teacher0.iter().zip(&teacher1).chain(head0.iter().zip(&head1)) {
+            assert!(
+                (b - a - 0.25).abs() < 1e-5,
+                "{a} -> {b}: a quarter of the student's step"
+            );
+        }
     }
 
     #[test]

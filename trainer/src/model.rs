@@ -681,15 +681,10 @@ impl Net {
         self.forward_to(x, rule, train, self.nodes.len())
     }
 
-    /// The features the last layer reads: the output of the node before the last linear layer
-    /// (inference mode), for k-NN evaluation of self-supervised networks.
-    pub fn features(&mut self, x: &Tensor, rule: Binarize) -> Result<Tensor> {
-        let (_, last) = self.head()?;
-        self.forward_to(x, rule, false, last)
-    }
-
-    /// [`Net::features`] flattened, in training mode or not (batch norms).
-    pub fn features_train(&mut self, x: &Tensor, rule: Binarize, train: bool) -> Result<Tensor> {
+    /// The features the last layer reads, `[N, F]`: the output of the node before the last
+    /// linear layer, flattened (`train` as for [`Net::forward`]). What self-supervised networks
+    /// are trained on and judged by.
+    pub fn features(&mut self, x: &Tensor, rule: Binarize, train: bool) -> Result<Tensor> {
         let (_, last) = self.head()?;
         Ok(self.forward_to(x, rule, train, last)?.flatten_from(1)?)
     }
