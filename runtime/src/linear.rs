@@ -181,7 +181,7 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
     };
     let outer = |rows_pad: usize| {
         if batch >= OUTER_MIN_BATCH {
-            rows_pad.checked_mul(round_up(batch, 16))
+            rows_pad.checked_mul(batch.checked_next_multiple_of(16)?)
         } else {
             Some(0)
         }
@@ -202,7 +202,8 @@ pub(crate) fn work_len(t: &Tensor<'_>, mask: Option<&Mask<'_>>, batch: usize) ->
         }
         // Batch-major: the inputs transposed, eight rows' sign words (two f32 each), and those
         // rows written out.
-        Path::Signed if batch >= OUTER_MIN_BATCH => round_up(cols.checked_mul(round_up(batch, 16))?, 16)
+        Path::Signed if batch >= OUTER_MIN_BATCH => (cols.checked_mul(batch.checked_next_multiple_of(16)?)?)
+            .checked_next_multiple_of(16)?
             .checked_add(round_up(2 * words * kernels::OUTER_ROWS, 16))?
             .checked_add(kernels::OUTER_ROWS.checked_mul(cols)?)?,
         // The row's sign words (two f32 each); on x86_64 also the subset-sum tables of the

@@ -112,8 +112,8 @@ impl<'a> Plan<'a> {
         }
         let slot_len = max_numel
             .checked_mul(batch)
-            .ok_or(Error::BadBatch { batch })?
-            .next_multiple_of(16);
+            .and_then(|n| n.checked_next_multiple_of(16))
+            .ok_or(Error::BadBatch { batch })?;
         slots
             .checked_mul(slot_len)
             .and_then(|n| n.checked_add(work_len))

@@ -169,7 +169,13 @@ fn refusals_name_what_is_wrong() {
         Error::NoSuchTask { task: 2, tasks: 2 }
     );
     assert_eq!(Plan::new(&model, 0, Some(0)).unwrap_err(), Error::BadBatch { batch: 0 });
-    assert!(Plan::new(&model, usize::MAX / 2, Some(0)).is_err());
+    // Batches whose sizes overflow are refused, not wrapped (or a panic) in the size arithmetic.
+    for batch in [usize::MAX / 2, usize::MAX - 7, usize::MAX] {
+        assert_eq!(
+            Plan::new(&model, batch, Some(0)).unwrap_err(),
+            Error::BadBatch { batch }
+        );
+    }
     let plan = Plan::new(&model, 2, Some(0)).unwrap();
     let need = plan.scratch_bytes();
     let mut scratch = vec![0u8; need];
