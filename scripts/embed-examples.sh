@@ -18,6 +18,9 @@ if command -v cbindgen >/dev/null; then
         echo "runtime/capi/include/smk.h is out of date: regenerate it with cbindgen (see runtime/capi/cbindgen.toml)" >&2
         exit 1
     fi
+elif [ -n "${CI:-}" ]; then
+    echo "cbindgen is not installed: CI must check include/smk.h (.ci/run installs it)" >&2
+    exit 1
 fi
 
 cargo build --release -q -p smk-capi
