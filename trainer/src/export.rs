@@ -1,16 +1,23 @@
-//! `trainer export`: a run's final masks and weights as one .smk file.
+//! `trainer export`: a run's final masks and weights as one .smk file, or (`--format
+//! safetensors|onnx`) the masked dense model it computes, for other tools.
 //!
 //! Frozen seeded weights are stored as their seed only; trained or loaded weights are stored in
 //! the requested precision. Masks are the hard masks of the final rule, bit-packed (block masks
 //! for the `block` method, whose stored weights are then packed: only the kept blocks). Nothing time-dependent is written,
 //! so a run exports to the same bytes every time.
+//!
+//! The dense formats hold no mask and no seed: every layer's effective weights in f32
+//! ([`crate::dense`]), as PyTorch tensors or as an ONNX graph ([`crate::onnx`]). A task sequence
+//! (supsup, packnet) exports one task of it at a time (`--task K`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use smk_format::writer::{MaskSpec, ModelBuilder, TensorData, TensorSpec};
 use smk_format::{Input, Op, Window2d};
 
 use crate::compact;
+use crate::dense::DenseModel;
 use crate::error::{Error, Result};
 use crate::mask::Binarize;
 use crate::model::{MaskedLayer, Net, Node};
@@ -294,21 +301,88 @@ pub fn to_smk_sets(
     Ok(b.to_bytes()?)
 }
 
-/// `trainer export RUN_DIR --out FILE`.
+/// What `trainer export` writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The .smk file the smk runtime runs: seeds, stored weights and bit-packed masks (every
+    /// task's, for a task sequence).
+    #[default]
+    Smk,
+    /// The masked dense model as safetensors: `{layer}.weight` (the effective weights in f32,
+    /// PyTorch layout, no biases) and batch norms' `running_mean`, `running_var` (and
+    /// `weight`, `bias` when affine); the model, input shape and normalisation in the metadata.
+    Safetensors,
+    /// The masked dense model as an ONNX graph (opset 17): pixels `[N, C, H, W]` in [0, 1] in,
+    /// softmax `probabilities` `[N, classes]` out, as the .smk graph computes them.
+    Onnx,
+}
+
+impl ExportFormat {
+    /// The name `--format` takes.
+    pub fn id(self) -> &'static str {
+        match self {
+            ExportFormat::Smk => "smk",
+            ExportFormat::Safetensors => "safetensors",
+            ExportFormat::Onnx => "onnx",
+        }
+    }
+}
+
+/// How `trainer export` writes a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// The file format.
+    pub format: ExportFormat,
+    /// Precision of stored weights in a .smk file (`None`: f32). The dense formats are f32
+    /// and refuse anything else.
+    pub weights_dtype: Option<WeightsDtype>,
+    /// The task of a task sequence (supsup, packnet) to write, for the dense formats: required
+    /// there, refused elsewhere (a .smk file holds every task).
+    pub task: Option<usize>,
+}
+
+/// `trainer export RUN_DIR --out FILE`: the .smk file.
 pub fn export(run_dir: &Path, out: &Path, dtype: WeightsDtype) -> Result<ExportSummary> {
+    export_with(
+        run_dir,
+        out,
+        &ExportOptions {
+            weights_dtype: Some(dtype),
+            ..ExportOptions::default()
+        },
+    )
+}
+
+/// `trainer export RUN_DIR --out FILE --format F [--task K]`.
+pub fn export_with(run_dir: &Path, out: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
     let run = Run::open(run_dir)?;
-    let (net, bytes) = if run.cfg.method.is_sequence() {
-        // One mask set per finished task, named task-K as `trainer data` names their files.
-        // The weights are the last task's: PackNet's earlier tasks own fixed parts of them.
-        let (mut nets, rule) = crate::supsup::load_tasks(run_dir, &candle_core::Device::Cpu)?;
-        let sets: Vec<(String, &Net)> = nets.iter().enumerate().map(|(k, n)| (format!("task-{k}"), n)).collect();
-        let last = nets.len() - 1;
-        let bytes = to_smk_sets(&nets[last], &sets, &run, rule, dtype)?;
-        (nets.swap_remove(last), bytes)
-    } else {
-        let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
-        let bytes = to_smk(&net, &run, rule, dtype)?;
-        (net, bytes)
+    let (net, bytes) = match opts.format {
+        ExportFormat::Smk => {
+            if let Some(k) = opts.task {
+                return Err(Error::Config(format!(
+                    "--task {k} picks one task for --format safetensors or onnx; a .smk file holds every task's \
+                     masks (as mask sets task-0, task-1, ...)"
+                )));
+            }
+            smk_bytes(&run, opts.weights_dtype.unwrap_or(WeightsDtype::F32))?
+        }
+        format => {
+            if let Some(d) = opts.weights_dtype.filter(|&d| d != WeightsDtype::F32) {
+                return Err(Error::Config(format!(
+                    "--weights-dtype {} applies to --format smk only: --format {} is always f32",
+                    format!("{d:?}").to_lowercase(),
+                    format.id()
+                )));
+            }
+            let (net, rule, task) = dense_source(&run, opts.task)?;
+            let dense = DenseModel::from_net(&net, rule)?;
+            let meta = dense_metadata(&run, &dense, format, task)?;
+            let bytes = match format {
+                ExportFormat::Onnx => crate::onnx::to_onnx(&dense, &format!("smk-{}", run.cfg.model), &meta)?,
+                _ => dense.to_safetensors(&meta)?,
+            };
+            (net, bytes)
+        }
     };
     smk_format::writer::write_atomic(out, &bytes).map_err(|source| Error::Io {
         path: out.to_path_buf(),
@@ -320,6 +394,127 @@ pub fn export(run_dir: &Path, out: &Path, dtype: WeightsDtype) -> Result<ExportS
         weights,
         bits_per_weight: bytes.len() as f64 * 8.0 / weights as f64,
     })
+}
+
+/// A run's network and .smk bytes.
+fn smk_bytes(run: &Run, dtype: WeightsDtype) -> Result<(Net, Vec<u8>)> {
+    if run.cfg.method.is_sequence() {
+        // One mask set per finished task, named task-K as `trainer data` names their files.
+        // The weights are the last task's: PackNet's earlier tasks own fixed parts of them.
+        let (mut nets, rule) = crate::supsup::load_tasks(&run.dir, &candle_core::Device::Cpu)?;
+        let sets: Vec<(String, &Net)> = nets.iter().enumerate().map(|(k, n)| (format!("task-{k}"), n)).collect();
+        let last = nets.len() - 1;
+        let bytes = to_smk_sets(&nets[last], &sets, run, rule, dtype)?;
+        Ok((nets.swap_remove(last), bytes))
+    } else {
+        let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
+        let bytes = to_smk(&net, run, rule, dtype)?;
+        Ok((net, bytes))
+    }
+}
+
+/// The network a dense export writes, its rule, and its task: task `task` of a sequence (which
+/// must be given), or the run's only network (when it is not).
+fn dense_source(run: &Run, task: Option<usize>) -> Result<(Net, Binarize, Option<usize>)> {
+    let method = run.cfg.method.id();
+    if !run.cfg.method.is_sequence() {
+        if let Some(k) = task {
+            return Err(Error::Config(format!(
+                "--task {k}: {} is a single {method} run, not a task sequence (supsup, packnet): leave --task out",
+                run.dir.display()
+            )));
+        }
+        let (net, _, rule) = run.load_net(&candle_core::Device::Cpu)?;
+        return Ok((net, rule, None));
+    }
+    let (mut nets, rule) = crate::supsup::load_tasks(&run.dir, &candle_core::Device::Cpu)?;
+    let n = nets.len();
+    let family = run.cfg.task.as_deref().unwrap_or("?");
+    match task {
+        None => Err(Error::Config(format!(
+            "{} is a {method} run over {family} with {n} trained task{} (each with its own masks): choose one with \
+             --task K, K from 0 to {}",
+            run.dir.display(),
+            if n == 1 { "" } else { "s" },
+            n - 1
+        ))),
+        Some(k) if k >= n => Err(Error::Config(format!(
+            "--task {k}: {} holds {n} trained task{}, 0 to {}",
+            run.dir.display(),
+            if n == 1 { "" } else { "s" },
+            n - 1
+        ))),
+        Some(k) => Ok((nets.swap_remove(k), rule, Some(k))),
+    }
+}
+
+/// The string metadata of a dense export: what the model is and how to feed it.
+fn dense_metadata(
+    run: &Run,
+    dense: &DenseModel,
+    format: ExportFormat,
+    task: Option<usize>,
+) -> Result<BTreeMap<String, String>> {
+    let cfg = &run.cfg;
+    let json = |v: serde_json::Value| v.to_string();
+    let mut m = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        m.insert(k.to_string(), v);
+    };
+    put("model", cfg.model.clone());
+    put("method", cfg.method.id().to_string());
+    put("input.shape", json(serde_json::json!(dense.input)));
+    // Each f32 as its shortest decimal (0.1307, not 0.1307000070810318), which reads back as
+    // the same f32.
+    let decimal = |v: f32| v.to_string().parse::<f64>().unwrap_or(f64::from(v));
+    put(
+        "input.normalize",
+        json(serde_json::json!({
+            "mean": dense.normalize.iter().map(|m| decimal(m.0)).collect::<Vec<_>>(),
+            "std": dense.normalize.iter().map(|m| decimal(m.1)).collect::<Vec<_>>(),
+        })),
+    );
+    put("input.pixel_scale", (1.0f64 / 255.0).to_string());
+    put("classes", dense.classes()?.to_string());
+    let layers = "bias-free linear and conv layers holding their effective (masked) weights in f32, PyTorch layout \
+                  ([out, in], [out, in, kh, kw])";
+    match format {
+        ExportFormat::Onnx => {
+            put("layers", layers.to_string());
+            put(
+                "graph",
+                "pixels [N, C, H, W] in [0, 1] are normalised ((x - mean) / std) inside the graph; the output is \
+                 softmax probabilities, as the .smk graph's"
+                    .to_string(),
+            );
+        }
+        _ => {
+            // The convention of safetensors files holding PyTorch tensors.
+            put("format", "pt".to_string());
+            put(
+                "layers",
+                format!(
+                    "{layers}; batch norms as BatchNorm2d state dicts without num_batches_tracked (weight and bias \
+                     only when affine); inputs are pixels in [0, 1] normalised per channel ((x - mean) / std) before \
+                     the first layer; the last layer's outputs are logits"
+                ),
+            );
+        }
+    }
+    let data = serde_json::json!({ "kind": cfg.data_kind, "task": cfg.task, "task_index": cfg.task_index });
+    put("dataset", data.to_string());
+    if let Some(k) = task {
+        put("task", format!("task-{k}"));
+    }
+    put(
+        "config",
+        serde_json::to_string(cfg).map_err(|e| Error::Config(e.to_string()))?,
+    );
+    put(
+        "producer",
+        concat!("smk-trainer ", env!("CARGO_PKG_VERSION")).to_string(),
+    );
+    Ok(m)
 }
 
 /// What an export wrote.

@@ -10,15 +10,19 @@
 //! - [`dino`]: self-supervised masks (DINO), judged by k-NN accuracy.
 //! - [`train`]: fit, eval, checkpoints and resume; [`parallel`]: data parallel over devices; [`export`]: .smk export; [`sweep`]: accuracy
 //!   against density, as a table and a plot.
+//! - [`dense`]: a run as the masked dense model it computes, written as safetensors; [`onnx`]:
+//!   the same as an ONNX graph (`trainer export --format safetensors|onnx`).
 
 pub mod compact;
 pub mod config;
 pub mod data;
+pub mod dense;
 pub mod dino;
 pub mod error;
 pub mod export;
 pub mod mask;
 pub mod model;
+pub mod onnx;
 pub mod optim;
 pub mod packnet;
 pub mod parallel;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use smk_trainer::config::{FitConfig, FrozenDtype, MethodKind, Schedule, WeightInit};
 use smk_trainer::data::{DataKind, Split, TaskFamily};
-use smk_trainer::export::WeightsDtype;
+use smk_trainer::export::{ExportFormat, ExportOptions, WeightsDtype};
 use smk_trainer::optim::OptimizerKind;
 use smk_trainer::train::{self, FitOptions, Run};
 use smk_trainer::{Error, Result};
@@ -71,16 +71,27 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write a run's model and masks as one .smk file.
+    /// Write a run's model and masks as one .smk file, or (--format safetensors|onnx) the masked
+    /// dense model it computes, for PyTorch, ONNX Runtime and other tools.
     Export {
         /// The run directory.
         run: PathBuf,
-        /// The .smk file to write (atomically).
+        /// The file to write (atomically).
         #[arg(long)]
         out: PathBuf,
-        /// Precision of stored (non-seeded) weights.
-        #[arg(long, value_enum, default_value = "f32")]
-        weights_dtype: WeightsDtype,
+        /// What to write: the .smk file, or the masked dense model (every layer's W ⊙ mask in
+        /// f32) as safetensors under PyTorch names (fc1.weight, layer1.conv1.weight,
+        /// bn1.running_mean; `fit --init-from` loads it) or as an ONNX graph.
+        #[arg(long, value_enum, default_value = "smk")]
+        format: ExportFormat,
+        /// Precision of stored (non-seeded) weights in a .smk file (default f32); safetensors
+        /// and ONNX are always f32.
+        #[arg(long, value_enum)]
+        weights_dtype: Option<WeightsDtype>,
+        /// supsup and packnet runs, with --format safetensors or onnx: which task's masked model
+        /// to write, from 0 (required there; a .smk file holds every task).
+        #[arg(long)]
+        task: Option<usize>,
     },
 }
 
@@ -564,9 +575,16 @@ fn run() -> Result<()> {
         Command::Export {
             run,
             out,
+            format,
             weights_dtype,
+            task,
         } => {
-            let s = smk_trainer::export::export(&run, &out, weights_dtype)?;
+            let opts = ExportOptions {
+                format,
+                weights_dtype,
+                task,
+            };
+            let s = smk_trainer::export::export_with(&run, &out, &opts)?;
             println!(
                 "{}: {} bytes, {} weights, {:.2} bits per weight",
                 out.display(),

@@ -169,6 +169,25 @@ impl MaskedLayer {
         Ok(w.broadcast_mul(&m)?)
     }
 
+    /// The values [`MaskedLayer::effective_weight`] computes with, without its straight-through
+    /// terms: `W ⊙ mask`, learned binary weights as exactly `±scale` (then masked), PackNet's
+    /// `base + W ⊙ claimed`. What a dense export stores; no gradient reaches anything.
+    pub fn masked_weight(&self, rule: Binarize) -> Result<Tensor> {
+        let latent = self.weight_f32()?.detach();
+        if let Some(p) = &self.pack {
+            return p.effective(&latent);
+        }
+        let w = match self.binary {
+            // `2·scale − scale` and `0 − scale` are exact: the signs times the scale.
+            Some(scale) => ((latent.ge(0f64)?.to_dtype(DType::F32)? * (2.0 * scale as f64))? - scale as f64)?,
+            None => latent,
+        };
+        match self.hard_mask_grid(rule)? {
+            Some(grid) => Ok(w.broadcast_mul(&self.to_weight_shape(grid)?)?),
+            None => Ok(w),
+        }
+    }
+
     pub(crate) fn to_weight_shape(&self, m: Tensor) -> Result<Tensor> {
         let (rows, cols) = self.matrix();
         let m = match self.block {
@@ -346,6 +365,13 @@ impl LayerPlan<'_> {
                     return Err(Error::Config(format!(
                         "--init-from: '{key}' is {:?}, the model needs {dims:?}",
                         t.dims()
+                    )));
+                }
+                // Dropping a bias would silently change what the loaded network computes.
+                if map.contains_key(&format!("{name}.bias")) {
+                    return Err(Error::Config(format!(
+                        "--init-from has '{name}.bias', but smk's models are bias-free: train the source model with \
+                         bias=False (or remove its biases knowingly)"
                     )));
                 }
                 (t.to_dtype(DType::F32)?, None)
@@ -951,6 +977,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("too small"), "{e}");
+    }
+
+    #[test]
+    fn masked_weights_are_the_forward_pass_weights() {
+        for method in [
+            MethodKind::Dense,
+            MethodKind::EdgePopup,
+            MethodKind::Block,
+            MethodKind::Piggyback,
+            MethodKind::Dnw,
+            MethodKind::Binary,
+            MethodKind::Packnet,
+        ] {
+            for keep in [0.3, 1.0] {
+                let cfg = FitConfig {
+                    keep,
+                    block: [4, 4],
+                    ..FitConfig::defaults(method)
+                };
+                let net = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
+                let rule = crate::train::rule_at(&cfg, 0, 0.0);
+                for l in &net.layers {
+                    let masked: Vec<f32> = l.masked_weight(rule).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                    let forward: Vec<f32> = l
+                        .effective_weight(rule)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    for (a, b) in masked.iter().zip(&forward) {
+                        // The straight-through sum `w + (±scale − w)` may round by an ulp.
+                        assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-6), "{method:?} {keep}: {a} {b}");
+                    }
+                    if let Some(scale) = l.binary {
+                        assert!(masked.iter().all(|&v| v == 0.0 || v.abs() == scale), "{method:?}");
+                    } else {
+                        assert_eq!(masked, forward, "{method:?} {keep}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

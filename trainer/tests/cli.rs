@@ -60,6 +60,33 @@ fn fit_eval_export_from_the_command_line() {
     assert!(ok, "{err}");
     assert!(out.contains("bits per weight"), "{out}");
     assert!(smk_format::Model::parse(&std::fs::read(&smk).unwrap()).is_ok());
+
+    // The masked dense model, for other tools; flags that do not apply are refused.
+    let onnx = tmp.path().join("m.onnx");
+    let onnx = onnx.to_str().unwrap();
+    let (ok, out, err) = trainer(&["export", run, "--out", onnx, "--format", "onnx"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("m.onnx") && out.contains("bits per weight"), "{out}");
+    let st = tmp.path().join("m.safetensors");
+    let (ok, _, err) = trainer(&["export", run, "--out", st.to_str().unwrap(), "--format", "safetensors"]);
+    assert!(ok, "{err}");
+    assert!(candle_core::safetensors::load(&st, &candle_core::Device::Cpu)
+        .unwrap()
+        .contains_key("fc1.weight"));
+    for (args, says) in [
+        (vec!["--format", "smk", "--task", "0"], "a .smk file holds every task"),
+        (vec!["--format", "onnx", "--task", "0"], "not a task sequence"),
+        (vec!["--format", "onnx", "--weights-dtype", "bf16"], "always f32"),
+    ] {
+        let (ok, _, err) = trainer(&[&["export", run, "--out", onnx][..], &args].concat());
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let (_, help, _) = trainer(&["export", "--help"]);
+    assert!(
+        help.contains("--format") && help.contains("safetensors") && help.contains("--task"),
+        "{help}"
+    );
 }
 
 #[test]

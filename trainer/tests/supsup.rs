@@ -7,7 +7,7 @@ mod common;
 use common::{small_data_in, QUIET};
 use smk_format::Model;
 use smk_trainer::config::{FitConfig, MethodKind};
-use smk_trainer::export::{export, WeightsDtype};
+use smk_trainer::export::{export, export_with, ExportFormat, ExportOptions, WeightsDtype};
 use smk_trainer::supsup;
 use smk_trainer::train::{fit, FitOptions};
 
@@ -66,6 +66,35 @@ fn tasks_train_in_turn_resume_infer_and_export() {
     assert_eq!(names, ["task-0", "task-1", "task-2"]);
     // Weights as the seed, three element masks: about 1.1 bits per weight and task.
     assert!(summary.bits_per_weight < 3.5, "{summary:?}");
+
+    // The dense formats hold one task: it must be named, and is its own masked weights.
+    let dense = |task| ExportOptions {
+        format: ExportFormat::Safetensors,
+        task,
+        ..ExportOptions::default()
+    };
+    let file = tmp.path().join("task.safetensors");
+    let e = export_with(&whole, &file, &dense(None)).unwrap_err().to_string();
+    assert!(
+        e.contains("3 trained tasks") && e.contains("--task K, K from 0 to 2"),
+        "{e}"
+    );
+    let e = export_with(&whole, &file, &dense(Some(3))).unwrap_err().to_string();
+    assert!(e.contains("--task 3") && e.contains("0 to 2"), "{e}");
+    export_with(&whole, &file, &dense(Some(1))).unwrap();
+    let map = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let (nets, rule) = supsup::load_tasks(&whole, &candle_core::Device::Cpu).unwrap();
+    for (k, net) in nets.iter().enumerate() {
+        let want: Vec<f32> = net.layers[0]
+            .masked_weight(rule)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got: Vec<f32> = map["fc1.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got == want, k == 1, "task {k}");
+    }
 }
 
 /// PackNet: tasks in turn, each owning its share of the weights; earlier tasks' weights never
