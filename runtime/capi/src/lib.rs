@@ -333,6 +333,38 @@ fn disjoint(spans: &[(usize, usize)]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Scratch, input and output of one inference call.
+type CallBuffers<'a, T> = (&'a mut [u8], &'a [f32], &'a mut [T]);
+
+/// The three buffers of an inference call (scratch, what is read, what is written) as slices,
+/// after checking each for NULL, alignment and size, and that no two overlap. `messages` are
+/// each buffer's details for NULL and for bad alignment or size.
+///
+/// # Safety
+/// Each pointer is NULL or valid for its length (bytes, floats, outputs) of reads (the second)
+/// or writes (the first and third) for the lifetime `'a`.
+unsafe fn call_buffers<'a, T>(
+    messages: [(&'static str, &'static str); 3],
+    scratch: (*mut u8, usize),
+    input: (*const f32, usize),
+    output: (*mut T, usize),
+) -> Result<CallBuffers<'a, T>, Failure> {
+    let s = span(scratch.0, scratch.1, messages[0].0, messages[0].1)?;
+    let i = span(input.0, input.1, messages[1].0, messages[1].1)?;
+    let o = span(output.0, output.1, messages[2].0, messages[2].1)?;
+    disjoint(&[s, i, o])?;
+    // SAFETY: each pointer is non-NULL, aligned and spans a range within the address space
+    // (checked above), the ranges do not overlap (checked above), and the caller promises they
+    // are valid for these reads and writes.
+    Ok(unsafe {
+        (
+            std::slice::from_raw_parts_mut(scratch.0, scratch.1),
+            std::slice::from_raw_parts(input.0, input.1),
+            std::slice::from_raw_parts_mut(output.0, output.1),
+        )
+    })
+}
+
 /// Opens a .smk model from `len` bytes at `bytes`, checking every offset and length in it
 /// (checksums are checked by `smk_model_verify`). On success `*out_model` is a new model, to be
 /// freed with `smk_model_free`; on failure it is NULL.
@@ -552,30 +584,20 @@ pub unsafe extern "C" fn smk_infer(
     guard(|| {
         // SAFETY: NULL or a live handle, as the caller promises.
         let p = unsafe { handle(plan, "plan is NULL") }?;
-        let s = span(scratch, scratch_len, "scratch is NULL", "scratch_len is too large")?;
-        let i = span(
-            input,
-            input_len,
-            "input is NULL",
-            "input is not aligned to 4 bytes, or too long",
-        )?;
-        let o = span(
-            output,
-            output_len,
-            "output is NULL",
-            "output is not aligned to 4 bytes, or too long",
-        )?;
-        disjoint(&[s, i, o])?;
-        // SAFETY: each pointer is non-NULL, aligned and spans a range within the address space
-        // (checked above); the ranges do not overlap (checked above); the caller promises they
-        // are valid for reads (input) or writes (scratch, output) of these lengths.
+        let messages = [
+            ("scratch is NULL", "scratch_len is too large"),
+            ("input is NULL", "input is not aligned to 4 bytes, or too long"),
+            ("output is NULL", "output is not aligned to 4 bytes, or too long"),
+        ];
+        // SAFETY: the caller promises these pointers are valid for these lengths.
         let (scratch, input, output) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(scratch, scratch_len),
-                std::slice::from_raw_parts(input, input_len),
-                std::slice::from_raw_parts_mut(output, output_len),
+            call_buffers(
+                messages,
+                (scratch, scratch_len),
+                (input, input_len),
+                (output, output_len),
             )
-        };
+        }?;
         p.infer(scratch, input, output)?;
         Ok(())
     })
@@ -656,20 +678,14 @@ pub unsafe extern "C" fn smk_infer_tasks(
     guard(|| {
         // SAFETY: NULL or a live handle, as the caller promises.
         let p = unsafe { handle(plan, "plan is NULL") }?;
-        let s = span(scratch, scratch_len, "scratch is NULL", "scratch_len is too large")?;
-        let i = span(
-            inputs,
-            inputs_len,
-            "inputs is NULL",
-            "inputs is not aligned to 4 bytes, or too long",
-        )?;
-        let g = span(
-            guesses,
-            count,
-            "guesses is NULL",
-            "guesses is misaligned, or count too large",
-        )?;
-        disjoint(&[s, i, g])?;
+        let messages = [
+            ("scratch is NULL", "scratch_len is too large"),
+            ("inputs is NULL", "inputs is not aligned to 4 bytes, or too long"),
+            ("guesses is NULL", "guesses is misaligned, or count too large"),
+        ];
+        // SAFETY: the caller promises these pointers are valid for these lengths.
+        let (scratch, inputs, guesses) =
+            unsafe { call_buffers(messages, (scratch, scratch_len), (inputs, inputs_len), (guesses, count)) }?;
         let in_len = p.input_len();
         let expected = count.checked_mul(in_len).ok_or(bad("count is too large"))?;
         if inputs_len != expected {
@@ -679,15 +695,6 @@ pub unsafe extern "C" fn smk_infer_tasks(
             }
             .into());
         }
-        // SAFETY: non-NULL, aligned, within the address space and disjoint (checked above); the
-        // caller promises they are valid for these reads and writes.
-        let (scratch, inputs, guesses) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(scratch, scratch_len),
-                std::slice::from_raw_parts(inputs, inputs_len),
-                std::slice::from_raw_parts_mut(guesses, count),
-            )
-        };
         // The runtime's guesses are not a C type: infer a chunk at a time into a stack array.
         const CHUNK: usize = 16;
         let blank = TaskGuess {
