@@ -228,6 +228,10 @@ pub struct FitConfig {
     /// What the run learns from (configurations from before it: supervised).
     #[serde(default)]
     pub objective: Objective,
+    /// `--objective dino`: local crops per image besides the two global ones (configurations
+    /// from before it: the 6 they ran with).
+    #[serde(default = "default_local_crops")]
+    pub local_crops: usize,
     /// Data-parallel replicas (`--devices`), one device each; empty: `device` alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
@@ -235,6 +239,10 @@ pub struct FitConfig {
 
 fn default_batches_per_task() -> usize {
     1000
+}
+
+fn default_local_crops() -> usize {
+    6
 }
 
 impl FitConfig {
@@ -274,6 +282,7 @@ impl FitConfig {
             outputs: None,
             batches_per_task: default_batches_per_task(),
             objective: Objective::Supervised,
+            local_crops: 0,
             devices: Vec::new(),
         };
         match method {
@@ -422,6 +431,9 @@ impl FitConfig {
                 self.method.id()
             ));
         }
+        if self.local_crops > 0 && self.objective != Objective::Dino {
+            return bad("--local-crops applies to --objective dino".into());
+        }
         if self.objective == Objective::Dino {
             if !matches!(self.method, MethodKind::EdgePopup | MethodKind::Block) {
                 return bad(format!(
@@ -502,6 +514,28 @@ mod tests {
         let bf16 = text.replace("dtype = \"f32\"", "dtype = \"bf16\"");
         assert_eq!(toml::from_str::<FitConfig>(&bf16).unwrap().dtype, FrozenDtype::Bf16);
         assert!(toml::from_str::<FitConfig>(&text.replace("\"f32\"", "\"f8\"")).is_err());
+    }
+
+    #[test]
+    fn dino_runs_from_before_local_crops_keep_their_six() {
+        let c = FitConfig {
+            objective: Objective::Dino,
+            ..FitConfig::defaults(MethodKind::EdgePopup)
+        };
+        assert_eq!(c.local_crops, 0, "new runs: none");
+        let text = toml::to_string(&c).unwrap();
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("local_crops"))
+            .map(|l| l.to_string() + "\n")
+            .collect();
+        assert_ne!(old, text);
+        assert_eq!(toml::from_str::<FitConfig>(&old).unwrap().local_crops, 6, "as they ran");
+        let supervised = FitConfig {
+            local_crops: 2,
+            ..FitConfig::defaults(MethodKind::EdgePopup)
+        };
+        assert!(supervised.validate().unwrap_err().to_string().contains("--local-crops"));
     }
 
     #[test]

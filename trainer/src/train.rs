@@ -577,7 +577,7 @@ pub fn fit_one(dir: &Path, cfg: FitConfig, opts: FitOptions) -> Result<Vec<Epoch
                 if let Some(d) = &mut rep.dino {
                     let step = (epoch * steps_per_epoch + b) as u64;
                     let mut rng = Rng::new(cfg.seed, stream::CROPS + step);
-                    let views = crate::dino::views(&train, part, &mut rng, &rep.device)?;
+                    let views = crate::dino::views(&train, part, cfg.local_crops, &mut rng, &rep.device)?;
                     lap(&mut prof.data);
                     let (loss, agree) = d.loss(&mut rep.net, &views, part.len(), rule)?;
                     lap(&mut prof.forward);
