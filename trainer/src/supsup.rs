@@ -611,13 +611,26 @@ mod tests {
 
     /// Three "tasks" over one seeded LeNet-300-100: the same frozen weights, random scores.
     fn tasks(seed: u64) -> (Vec<Net>, Binarize) {
+        tasks_of("lenet-300-100", seed)
+    }
+
+    /// Three "tasks" over `model`, seeded, with random scores each; norms become ReLUs (the
+    /// gradient rules take no norms), so that a ResNet-8 gives strided and 1×1 convolutions,
+    /// average pooling and residual sums.
+    fn tasks_of(model: &str, seed: u64) -> (Vec<Net>, Binarize) {
         let cfg = FitConfig {
+            model: model.into(),
             outputs: Some(10),
             ..FitConfig::defaults(MethodKind::Supsup)
         };
         let nets = (0..3)
             .map(|k| {
-                let net = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
+                let mut net = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
+                for node in net.nodes.iter_mut() {
+                    if matches!(node, Node::Norm(_)) {
+                        *node = Node::Relu;
+                    }
+                }
                 let mut rng = Rng::new(seed + k, 9);
                 for l in &net.layers {
                     let s = l.scores.as_ref().unwrap();
@@ -652,37 +665,9 @@ mod tests {
         h.to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap()
     }
 
-    /// Three tasks over one seeded ResNet-8 whose norms are ReLUs (the gradient rules take no
-    /// norms): strided and 1×1 convolutions, average pooling and residual sums.
-    fn conv_tasks(seed: u64) -> (Vec<Net>, Binarize) {
-        let cfg = FitConfig {
-            model: "resnet-8".into(),
-            outputs: Some(10),
-            ..FitConfig::defaults(MethodKind::Supsup)
-        };
-        let nets = (0..3)
-            .map(|k| {
-                let mut net = Net::build(&cfg, [1, 28, 28], 10, None, &Device::Cpu).unwrap();
-                for node in net.nodes.iter_mut() {
-                    if matches!(node, Node::Norm(_)) {
-                        *node = Node::Relu;
-                    }
-                }
-                let mut rng = Rng::new(seed + k, 9);
-                for l in &net.layers {
-                    let s = l.scores.as_ref().unwrap();
-                    let v: Vec<f32> = (0..s.elem_count()).map(|_| rng.symmetric(1.0)).collect();
-                    s.set(&Tensor::from_vec(v, s.shape(), &Device::Cpu).unwrap()).unwrap();
-                }
-                net
-            })
-            .collect();
-        (nets, Binarize::Threshold(0.0))
-    }
-
     #[test]
     fn the_one_shot_gradient_is_the_derivative_of_the_entropy() {
-        for (nets, rule) in [tasks(1), conv_tasks(1)] {
+        for (nets, rule) in [tasks(1), tasks_of("resnet-8", 1)] {
             one_shot_gradients_match_central_differences(&nets, rule);
         }
     }
